@@ -1,0 +1,594 @@
+"""The SQLite cache: schema and every read and write of it.
+
+This is the only module of the project that contains SQL. Everything else goes through the
+functions and methods below.
+
+Tables
+------
+prompts       full canonical text of every prompt version used, keyed by its sha256 fingerprint
+sets          a description set: (dataset, prompt, backend, model, sampling parameters, N)
+generations   one row per LLM request (or per imported file entry), with raw response and status
+descriptions  validated sentences, keyed by (set, class name, kind, index) -- never by class index
+encoders      text encoders (model name + weights identity) used to embed descriptions
+embeddings    float32 vectors as BLOBs keyed by (sha256 of the text, encoder fingerprint)
+
+The file is opened in WAL mode; each class's result is written in one transaction, so a killed
+process never leaves a half-written class behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+KINDS = ("spatial", "temporal")
+
+
+class StoreError(Exception):
+    """A problem with the cache file that the user can fix (wrong path, not a cache, ...)."""
+
+
+def text_hash(text: str) -> str:
+    """Key of a description text in the embeddings table."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True)
+class DescriptionSet:
+    id: str
+    dataset: str
+    prompt_fp: str
+    backend: str
+    model: str
+    params: dict
+    n: int
+    created_at: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.id} ({self.backend}:{self.model}, prompt {self.prompt_fp[:10]}, N={self.n})"
+
+
+def set_id_for(dataset: str, prompt_fp: str, backend: str, model: str, params: dict, n: int) -> str:
+    """Deterministic id of a description set; part of every request key."""
+    key = canonical_json(
+        {"dataset": dataset, "prompt": prompt_fp, "backend": backend, "model": model, "params": params, "n": n}
+    )
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+class Store:
+    """A description cache file."""
+
+    def __init__(self, path: str | Path, create: bool = True):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StoreError(f"cache file not found: {self.path}")
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a usable SQLite cache: {exc}") from None
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        try:
+            self._create_schema()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a usable SQLite cache: {exc}") from None
+
+    # ------------------------------------------------------------------ schema
+    def _create_schema(self) -> None:
+        db = self.db
+        with self.transaction():
+            if "meta" not in db.table_names():
+                db["meta"].create({"key": str, "value": str}, pk="key")
+                db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
+            if "prompts" not in db.table_names():
+                db["prompts"].create(
+                    {"fingerprint": str, "name": str, "version": str, "content": str, "created_at": float},
+                    pk="fingerprint",
+                    not_null={"name", "content"},
+                )
+            if "sets" not in db.table_names():
+                db["sets"].create(
+                    {
+                        "id": str,
+                        "dataset": str,
+                        "prompt_fp": str,
+                        "backend": str,
+                        "model": str,
+                        "params": str,
+                        "n": int,
+                        "source": str,
+                        "created_at": float,
+                    },
+                    pk="id",
+                    not_null={"dataset", "prompt_fp", "backend", "model", "params", "n"},
+                )
+                db["sets"].create_index(["dataset"])
+            if "generations" not in db.table_names():
+                db["generations"].create(
+                    {
+                        "id": int,
+                        "set_id": str,
+                        "dataset": str,
+                        "class_name": str,
+                        "class_id": int,
+                        "prompt_fp": str,
+                        "backend": str,
+                        "model": str,
+                        "params": str,
+                        "attempt": int,
+                        "seed": int,
+                        "request": str,
+                        "raw_response": str,
+                        "status": str,
+                        "error": str,
+                        "prompt_tokens": int,
+                        "completion_tokens": int,
+                        "latency_s": float,
+                        "created_at": float,
+                    },
+                    pk="id",
+                    foreign_keys=[("set_id", "sets", "id")],
+                    not_null={"set_id", "class_name", "status"},
+                )
+                db["generations"].create_index(["set_id", "class_name"])
+                db["generations"].create_index(["status"])
+            if "descriptions" not in db.table_names():
+                db["descriptions"].create(
+                    {
+                        "id": int,
+                        "set_id": str,
+                        "class_name": str,
+                        "kind": str,
+                        "idx": int,
+                        "text": str,
+                        "text_hash": str,
+                        "phrase": str,
+                        "generation_id": int,
+                    },
+                    pk="id",
+                    foreign_keys=[("set_id", "sets", "id"), ("generation_id", "generations", "id")],
+                    not_null={"set_id", "class_name", "kind", "idx", "text", "text_hash"},
+                )
+                db["descriptions"].create_index(["set_id", "class_name", "kind", "idx"], unique=True)
+                db["descriptions"].create_index(["text_hash"])
+            if "encoders" not in db.table_names():
+                db["encoders"].create(
+                    {
+                        "fingerprint": str,
+                        "model_name": str,
+                        "pretrained": str,
+                        "weights_hash": str,
+                        "context_length": int,
+                        "dim": int,
+                        "random_weights": int,
+                        "created_at": float,
+                    },
+                    pk="fingerprint",
+                )
+            if "embeddings" not in db.table_names():
+                db["embeddings"].create(
+                    {
+                        "text_hash": str,
+                        "encoder_fp": str,
+                        "dim": int,
+                        "dtype": str,
+                        "vector": bytes,
+                        "n_tokens": int,
+                        "truncated": int,
+                        "created_at": float,
+                    },
+                    pk=("text_hash", "encoder_fp"),
+                    foreign_keys=[("encoder_fp", "encoders", "fingerprint")],
+                )
+
+    def transaction(self):
+        """Context manager: one atomic write (BEGIN IMMEDIATE ... COMMIT / ROLLBACK)."""
+        return _Transaction(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def integrity_check(self) -> str:
+        return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+    # ------------------------------------------------------------------ prompts
+    def ensure_prompt(self, fingerprint: str, name: str, version: str, content: str) -> None:
+        """Store a prompt's full canonical text the first time it is used."""
+        with self.transaction():
+            self.conn.execute(
+                "INSERT OR IGNORE INTO prompts (fingerprint, name, version, content, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (fingerprint, name, version, content, _now()),
+            )
+
+    def get_prompt(self, fingerprint: str) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM prompts WHERE fingerprint = ?", [fingerprint]))
+        return rows[0] if rows else None
+
+    def list_prompts(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM prompts ORDER BY created_at"))
+
+    # ------------------------------------------------------------------ sets
+    def ensure_set(
+        self,
+        dataset: str,
+        prompt_fp: str,
+        backend: str,
+        model: str,
+        params: dict,
+        n: int,
+        source: str | None = None,
+    ) -> DescriptionSet:
+        sid = set_id_for(dataset, prompt_fp, backend, model, params, n)
+        with self.transaction():
+            self.conn.execute(
+                "INSERT OR IGNORE INTO sets (id, dataset, prompt_fp, backend, model, params, n, source, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sid, dataset, prompt_fp, backend, model, canonical_json(params), n, source, _now()),
+            )
+        s = self.get_set(sid)
+        assert s is not None
+        return s
+
+    @staticmethod
+    def _set_from_row(row: dict) -> DescriptionSet:
+        return DescriptionSet(
+            id=row["id"],
+            dataset=row["dataset"],
+            prompt_fp=row["prompt_fp"],
+            backend=row["backend"],
+            model=row["model"],
+            params=json.loads(row["params"]),
+            n=row["n"],
+            created_at=row["created_at"],
+        )
+
+    def get_set(self, set_id: str) -> DescriptionSet | None:
+        rows = list(self.db.query("SELECT * FROM sets WHERE id = ?", [set_id]))
+        return self._set_from_row(rows[0]) if rows else None
+
+    def find_sets(self, set_id_prefix: str) -> list[DescriptionSet]:
+        rows = self.db.query("SELECT * FROM sets WHERE id LIKE ? ORDER BY created_at", [set_id_prefix + "%"])
+        return [self._set_from_row(r) for r in rows]
+
+    def list_sets(
+        self,
+        dataset: str | None = None,
+        backend: str | None = None,
+        model: str | None = None,
+        prompt_fp_prefix: str | None = None,
+    ) -> list[DescriptionSet]:
+        sql = "SELECT * FROM sets WHERE 1=1"
+        args: list[Any] = []
+        if dataset is not None:
+            sql += " AND dataset = ?"
+            args.append(dataset)
+        if backend is not None:
+            sql += " AND backend = ?"
+            args.append(backend)
+        if model is not None:
+            sql += " AND model = ?"
+            args.append(model)
+        if prompt_fp_prefix is not None:
+            sql += " AND prompt_fp LIKE ?"
+            args.append(prompt_fp_prefix + "%")
+        sql += " ORDER BY created_at"
+        return [self._set_from_row(r) for r in self.db.query(sql, args)]
+
+    def list_datasets(self) -> list[str]:
+        return [r["dataset"] for r in self.db.query("SELECT DISTINCT dataset FROM sets ORDER BY dataset")]
+
+    # ------------------------------------------------------------------ generations
+    def completed_classes(self, set_id: str) -> set[str]:
+        """Classes of a set that have their validated descriptions stored."""
+        rows = self.db.query(
+            "SELECT DISTINCT class_name FROM generations WHERE set_id = ? AND status = 'ok'", [set_id]
+        )
+        return {r["class_name"] for r in rows}
+
+    def _insert_generation(self, set_: DescriptionSet, class_name: str, fields: dict) -> int:
+        allowed = {
+            "class_id",
+            "attempt",
+            "seed",
+            "request",
+            "raw_response",
+            "status",
+            "error",
+            "prompt_tokens",
+            "completion_tokens",
+            "latency_s",
+        }
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown generation fields: {sorted(unknown)}")
+        if fields.get("status") not in ("ok", "invalid", "error"):
+            raise ValueError(f"bad generation status {fields.get('status')!r}")
+        row = {
+            "set_id": set_.id,
+            "dataset": set_.dataset,
+            "class_name": class_name,
+            "prompt_fp": set_.prompt_fp,
+            "backend": set_.backend,
+            "model": set_.model,
+            "params": canonical_json(set_.params),
+            "created_at": _now(),
+            **fields,
+        }
+        if isinstance(row.get("request"), dict | list):
+            row["request"] = canonical_json(row["request"])
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        cur = self.conn.execute(f"INSERT INTO generations ({cols}) VALUES ({marks})", list(row.values()))
+        return int(cur.lastrowid)
+
+    def record_attempt(self, set_: DescriptionSet, class_name: str, **fields: Any) -> int:
+        """Store one failed request (status 'invalid' or 'error'), committed at once."""
+        if fields.get("status") == "ok":
+            raise ValueError("use record_success for a valid answer")
+        with self.transaction():
+            return self._insert_generation(set_, class_name, fields)
+
+    def record_success(
+        self,
+        set_: DescriptionSet,
+        class_name: str,
+        spatial: Sequence[str],
+        temporal: Sequence[str],
+        phrases: dict[str, Sequence[str]] | None = None,
+        replace: bool = False,
+        **fields: Any,
+    ) -> int:
+        """Store a valid answer and its sentences in ONE transaction.
+
+        With ``replace`` (``--force``), earlier descriptions of this class in this set are
+        replaced; their generation rows stay as history.
+        """
+        fields = {**fields, "status": "ok"}
+        with self.transaction():
+            if replace:
+                self.conn.execute(
+                    "DELETE FROM descriptions WHERE set_id = ? AND class_name = ?", [set_.id, class_name]
+                )
+                self.conn.execute(
+                    "UPDATE generations SET status = 'superseded' WHERE set_id = ? AND class_name = ? "
+                    "AND status = 'ok'",
+                    [set_.id, class_name],
+                )
+            gid = self._insert_generation(set_, class_name, fields)
+            for kind, texts in (("spatial", spatial), ("temporal", temporal)):
+                kind_phrases = (phrases or {}).get(kind) or [None] * len(texts)
+                for i, (text, phrase) in enumerate(zip(texts, kind_phrases, strict=True)):
+                    self.conn.execute(
+                        "INSERT INTO descriptions (set_id, class_name, kind, idx, text, text_hash, phrase, "
+                        "generation_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [set_.id, class_name, kind, i, text, text_hash(text), phrase, gid],
+                    )
+            return gid
+
+    def generations(
+        self, set_id: str | None = None, class_name: str | None = None, status: str | None = None
+    ) -> list[dict]:
+        sql = "SELECT * FROM generations WHERE 1=1"
+        args: list[Any] = []
+        if set_id is not None:
+            sql += " AND set_id = ?"
+            args.append(set_id)
+        if class_name is not None:
+            sql += " AND class_name = ?"
+            args.append(class_name)
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        sql += " ORDER BY id"
+        return list(self.db.query(sql, args))
+
+    def get_generation(self, generation_id: int) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM generations WHERE id = ?", [generation_id]))
+        return rows[0] if rows else None
+
+    def count_rows(self, table: str) -> int:
+        if table not in ("prompts", "sets", "generations", "descriptions", "encoders", "embeddings"):
+            raise ValueError(table)
+        return self.db[table].count
+
+    # ------------------------------------------------------------------ descriptions
+    def descriptions(self, set_id: str, class_names: Iterable[str] | None = None) -> dict[str, dict[str, list]]:
+        """{class name: {"spatial": [text...], "temporal": [text...]}} in index order."""
+        out: dict[str, dict[str, list]] = {}
+        rows = self.db.query(
+            "SELECT class_name, kind, idx, text FROM descriptions WHERE set_id = ? "
+            "ORDER BY class_name, kind, idx",
+            [set_id],
+        )
+        wanted = set(class_names) if class_names is not None else None
+        for r in rows:
+            if wanted is not None and r["class_name"] not in wanted:
+                continue
+            out.setdefault(r["class_name"], {"spatial": [], "temporal": []})[r["kind"]].append(r["text"])
+        return out
+
+    def description_rows(self, set_id: str, class_name: str | None = None) -> list[dict]:
+        sql = "SELECT * FROM descriptions WHERE set_id = ?"
+        args: list[Any] = [set_id]
+        if class_name is not None:
+            sql += " AND class_name = ?"
+            args.append(class_name)
+        sql += " ORDER BY class_name, kind, idx"
+        return list(self.db.query(sql, args))
+
+    def all_description_texts(self, set_ids: Iterable[str] | None = None) -> list[tuple[str, str]]:
+        """Distinct (text_hash, text) of descriptions, optionally limited to some sets."""
+        if set_ids is None:
+            rows = self.db.query("SELECT DISTINCT text_hash, text FROM descriptions ORDER BY text_hash")
+        else:
+            ids = list(set_ids)
+            marks = ", ".join("?" for _ in ids) or "NULL"
+            rows = self.db.query(
+                f"SELECT DISTINCT text_hash, text FROM descriptions WHERE set_id IN ({marks}) ORDER BY text_hash",
+                ids,
+            )
+        return [(r["text_hash"], r["text"]) for r in rows]
+
+    # ------------------------------------------------------------------ encoders and embeddings
+    def ensure_encoder(
+        self,
+        fingerprint: str,
+        model_name: str,
+        pretrained: str,
+        weights_hash: str,
+        context_length: int,
+        dim: int,
+        random_weights: bool,
+    ) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "INSERT OR IGNORE INTO encoders (fingerprint, model_name, pretrained, weights_hash, "
+                "context_length, dim, random_weights, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [fingerprint, model_name, pretrained, weights_hash, context_length, dim, int(random_weights), _now()],
+            )
+
+    def get_encoder(self, fingerprint: str) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM encoders WHERE fingerprint = ?", [fingerprint]))
+        return rows[0] if rows else None
+
+    def list_encoders(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM encoders ORDER BY created_at"))
+
+    def texts_missing_embeddings(self, encoder_fp: str, set_ids: Iterable[str] | None = None) -> list[tuple[str, str]]:
+        """(text_hash, text) of descriptions that have no embedding for this encoder yet."""
+        sql = (
+            "SELECT DISTINCT d.text_hash, d.text FROM descriptions d "
+            "LEFT JOIN embeddings e ON e.text_hash = d.text_hash AND e.encoder_fp = ? "
+            "WHERE e.text_hash IS NULL"
+        )
+        args: list[Any] = [encoder_fp]
+        if set_ids is not None:
+            ids = list(set_ids)
+            sql += f" AND d.set_id IN ({', '.join('?' for _ in ids) or 'NULL'})"
+            args += ids
+        sql += " ORDER BY d.text_hash"
+        return [(r["text_hash"], r["text"]) for r in self.db.query(sql, args)]
+
+    def put_embeddings(self, encoder_fp: str, rows: Iterable[dict]) -> int:
+        """Insert embeddings (dicts with text_hash, vector bytes, dim, n_tokens, truncated) atomically."""
+        now = _now()
+        n = 0
+        with self.transaction():
+            for r in rows:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO embeddings (text_hash, encoder_fp, dim, dtype, vector, n_tokens, "
+                    "truncated, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        r["text_hash"],
+                        encoder_fp,
+                        r["dim"],
+                        r.get("dtype", "float32"),
+                        r["vector"],
+                        r.get("n_tokens"),
+                        int(bool(r.get("truncated", False))),
+                        now,
+                    ],
+                )
+                n += 1
+        return n
+
+    def get_embeddings(self, encoder_fp: str, text_hashes: Iterable[str]) -> dict[str, dict]:
+        """{text_hash: row} for the hashes that have an embedding for this encoder."""
+        hashes = list(dict.fromkeys(text_hashes))
+        out: dict[str, dict] = {}
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for r in self.db.query(
+                f"SELECT * FROM embeddings WHERE encoder_fp = ? AND text_hash IN ({marks})", [encoder_fp, *chunk]
+            ):
+                out[r["text_hash"]] = r
+        return out
+
+    def embedding_rows_for_text(self, text_hash_: str) -> list[dict]:
+        return list(
+            self.db.query(
+                "SELECT e.*, c.model_name, c.pretrained, c.random_weights FROM embeddings e "
+                "JOIN encoders c ON c.fingerprint = e.encoder_fp WHERE e.text_hash = ?",
+                [text_hash_],
+            )
+        )
+
+    # ------------------------------------------------------------------ usage
+    def usage(self) -> list[dict]:
+        """Requests, tokens and failures per backend and model."""
+        return list(
+            self.db.query(
+                "SELECT backend, model, COUNT(*) AS requests, "
+                "SUM(CASE WHEN status = 'ok' OR status = 'superseded' THEN 1 ELSE 0 END) AS ok, "
+                "SUM(CASE WHEN status = 'invalid' THEN 1 ELSE 0 END) AS invalid, "
+                "SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS errors, "
+                "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
+                "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, "
+                "COALESCE(SUM(latency_s), 0) AS latency_s "
+                "FROM generations GROUP BY backend, model ORDER BY backend, model"
+            )
+        )
+
+    def failures_by_reason(self) -> list[dict]:
+        return list(
+            self.db.query(
+                "SELECT backend, model, status, error, COUNT(*) AS count FROM generations "
+                "WHERE status IN ('invalid', 'error') GROUP BY backend, model, status, error "
+                "ORDER BY count DESC"
+            )
+        )
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.outer = False
+
+    def __enter__(self):
+        if self.conn.in_transaction:
+            self.outer = True  # nested: the outer transaction commits
+            return self
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.outer:
+            return False
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+        return False

@@ -1,0 +1,28 @@
+"""The ``msta`` command line. Each area registers its commands from its own module."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="msta",
+    help="Train, evaluate and use MSTA adapters on video.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Check video lists and write synthetic datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _register() -> None:
+    from msta import cli_data, cli_model, cli_train  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    app()
+
+
+if __name__ == "__main__":
+    main()

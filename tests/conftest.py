@@ -1,0 +1,30 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Never wait for a model hub that cannot be reached.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MSTA_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+TINY_CLIP = REPO / "msta" / "presets" / "backbones" / "clip-tiny.json"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The reference data directory (labels, splits, published descriptions)."""
+    if not (SHARED_DATA / "labels").is_dir():
+        pytest.fail(f"reference data not found at {SHARED_DATA} (set MSTA_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_config() -> Path:
+    """Path of a tiny open_clip model config (random weights in tests)."""
+    return TINY_CLIP
