@@ -1,1 +1,228 @@
-"""CLI commands (registered on import)."""
+"""CLI commands: ``generate``, ``datasets`` and ``prompts list|show|diff`` (registered on import)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from descgen.cli import app, prompts_app
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def generate(
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Built-in dataset (k400 k600 hmdb51 ucf101 ssv2), or the name of --classes."
+    ),
+    classes: Path | None = typer.Option(
+        None,
+        "--classes",
+        help="Class list file: id,name CSV, one name per line, classInd.txt or labels.json.",
+    ),
+    data_dir: Path | None = typer.Option(
+        None,
+        "--data-dir",
+        help="Data directory with labels/{dataset}.csv [env MSTA_DATA_DIR, default ./data].",
+    ),
+    cache: Path = typer.Option(Path("cache/descriptions.db"), "--cache", help="SQLite cache file."),
+    prompt: str | None = typer.Option(
+        None, "--prompt", help="Shipped prompt name or path to a .toml prompt file [default msta-general-v1]."
+    ),
+    n: int = typer.Option(2, "--n", help="Spatial and temporal phrases per class."),
+    backend: str = typer.Option(
+        "openai", "--backend", help="openai (hosted or any compatible server) or vllm (in-process)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Model name [openai default gpt-4o-mini; required for vllm]."
+    ),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."
+    ),
+    temperature: float | None = typer.Option(
+        None, "--temperature", help="Override the prompt's temperature."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Override the prompt's seed."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Override the prompt's max tokens."),
+    concurrency: int = typer.Option(8, "--concurrency", help="Requests in flight at once (openai)."),
+    timeout: float = typer.Option(
+        60.0, "--timeout", help="Seconds before one request attempt is abandoned (openai)."
+    ),
+    max_attempts: int = typer.Option(
+        5, "--max-attempts", help="Attempts per request on 429, 5xx and timeouts (openai)."
+    ),
+    max_invalid: int = typer.Option(
+        2, "--max-invalid", help="Re-requests (with a new seed) after an invalid answer."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Request every class again and replace its descriptions."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and write nothing."),
+    vllm_opt: list[str] | None = typer.Option(
+        None, "--vllm-opt", help="KEY=VALUE passed to the vllm engine (repeatable)."
+    ),
+) -> None:
+    """Write N spatial and N temporal descriptions per class into the cache (re-runs cost nothing)."""
+    from descgen.generate import GenerateInputError, parse_options
+    from descgen.generate import generate as run_generate
+
+    try:
+        opts = parse_options(vllm_opt)
+        summary = run_generate(
+            dataset=dataset,
+            classes_file=classes,
+            data_dir=data_dir,
+            cache=cache,
+            prompt=prompt,
+            n=n,
+            backend=backend,
+            model=model,
+            base_url=base_url,
+            temperature=temperature,
+            seed=seed,
+            max_tokens=max_tokens,
+            concurrency=concurrency,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            max_invalid=max_invalid,
+            force=force,
+            dry_run=dry_run,
+            vllm_options=opts,
+            progress=not dry_run,
+            out=sys.stdout if dry_run else sys.stderr,
+        )
+    except GenerateInputError as exc:
+        _fail(str(exc))
+        return
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: finished classes are saved; run the same command again to complete", err=True
+        )
+        raise typer.Exit(130) from None
+    typer.echo(summary.line())
+    raise typer.Exit(summary.exit_code)
+
+
+@app.command("datasets")
+def datasets_cmd(
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Data directory [env MSTA_DATA_DIR, default ./data]."
+    ),
+) -> None:
+    """List the built-in datasets and whether each is found in the data directory."""
+    from descgen.datasets import ClassListError, builtin_status, load_class_list, resolve_data_dir
+
+    typer.echo(f"data directory: {resolve_data_dir(data_dir)}")
+    for row in builtin_status(data_dir):
+        if row["found"]:
+            try:
+                count = f"{len(load_class_list(row['name'], data_dir=data_dir))} classes"
+            except ClassListError as exc:
+                count = f"unusable: {exc}"
+        else:
+            count = f"not found ({row['path']})"
+        typer.echo(f"{row['name']:<8} {count:<14} {row['description']}")
+
+
+@prompts_app.command("list")
+def prompts_list() -> None:
+    """List the shipped prompt files."""
+    from descgen.prompts import PromptError, list_prompts
+
+    try:
+        prompts = list_prompts()
+    except PromptError as exc:
+        _fail(str(exc))
+        return
+    for p in prompts:
+        typer.echo(f"{Path(p.source).stem:<20} {p.fingerprint[:12]}  {p.description}")
+
+
+@prompts_app.command("show")
+def prompts_show(
+    name: str = typer.Argument(
+        ..., help="Prompt name, file stem, path to a .toml file, or (with --cache) a fingerprint."
+    ),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="Also look the prompt up by fingerprint prefix in this cache."
+    ),
+) -> None:
+    """Show a prompt's canonical content and fingerprint."""
+    from descgen.prompts import PromptError, load_prompt, prompt_from_content
+
+    try:
+        p = load_prompt(name)
+    except PromptError as exc:
+        if cache is None:
+            _fail(str(exc))
+            return
+        from descgen.store import Store, StoreError
+
+        try:
+            with Store(cache, create=False) as store:
+                rows = [r for r in store.list_prompts() if r["fingerprint"].startswith(name.lower())]
+        except StoreError as err:
+            _fail(str(err))
+            return
+        if len(rows) != 1:
+            found = "no prompt" if not rows else f"{len(rows)} prompts"
+            _fail(f"{exc}; {found} in {cache} with a fingerprint starting {name!r}")
+            return
+        try:
+            p = prompt_from_content(rows[0]["content"], source=f"{cache} (stored)")
+        except (PromptError, ValueError) as err:
+            _fail(f"the prompt stored in {cache} cannot be read: {err}")
+            return
+    typer.echo(f"# {p.label}  sha256 {p.fingerprint}")
+    typer.echo(f"# source {p.source}")
+    typer.echo(p.text, nl=False)
+
+
+@prompts_app.command("diff")
+def prompts_diff(
+    a: str = typer.Argument(..., help="First prompt (name, stem or path)."),
+    b: str = typer.Argument(..., help="Second prompt (name, stem or path)."),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="Also count the classes each version produced in this cache."
+    ),
+) -> None:
+    """Unified diff of two prompt versions (and, with --cache, what each produced)."""
+    from descgen.prompts import PromptError, diff_prompts, load_prompt
+    from descgen.store import Store, StoreError
+
+    try:
+        pa, pb = load_prompt(a), load_prompt(b)
+    except PromptError as exc:
+        _fail(str(exc))
+        return
+    text = diff_prompts(pa, pb)
+    typer.echo(
+        text if text else f"{pa.label} and {pb.label} have the same content ({pa.fingerprint[:12]})",
+        nl=not text,
+    )
+    if cache is None:
+        return
+    try:
+        store = Store(cache, create=False)
+    except StoreError as exc:
+        _fail(str(exc))
+        return
+    with store:
+        for p in (pa, pb):
+            sets = store.list_sets(prompt_fp_prefix=p.fingerprint)
+            total = 0
+            lines = []
+            for s in sets:
+                done = len(store.completed_classes(s.id))
+                total += done
+                lines.append(
+                    f"    {s.dataset:<10} {s.backend}:{s.model} N={s.n}  {done} classes  (set {s.id})"
+                )
+            typer.echo(f"{p.label}: {total} classes with descriptions in {len(sets)} sets in {cache}")
+            for line in lines:
+                typer.echo(line)

@@ -1,0 +1,198 @@
+"""Throughput of ``descgen generate`` against a loopback OpenAI-compatible server.
+
+The server runs in its own process (so that it does not compete with the client for the GIL) and
+answers every request after a fixed latency (200 ms by default). For each concurrency
+the script generates a fresh cache and reports wall time and efficiency = ideal / measured, where
+ideal = classes * latency / concurrency. It then re-runs the last (fully cached) job twice: through
+the Python function and as a real ``descgen generate`` process.
+
+    python bench/descgen_throughput.py            # 400 classes at 8 and 32, 50 classes at 1
+    python bench/descgen_throughput.py --c1-classes 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from descgen.generate import generate  # noqa: E402
+from tests.descgen.fake_openai import DEFAULT_KEY  # noqa: E402
+
+
+class ServerProcess:
+    """The loopback server of the tests, started as a separate process."""
+
+    def __init__(self, latency: float):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.descgen.fake_openai", "--latency", str(latency)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http://127.0.0.1:"):
+            self.proc.kill()
+            raise RuntimeError(f"the loopback server did not start: {self.url!r}")
+        self.api_key = DEFAULT_KEY
+        self.root = self.url.rsplit("/v1", 1)[0]
+
+    def _get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.root + path, timeout=10) as r:
+            return json.loads(r.read())
+
+    def reset_log(self) -> None:
+        self._get("/_reset")
+
+    def count(self) -> int:
+        return int(self._get("/_stats")["requests"])
+
+    @property
+    def max_in_flight(self) -> int:
+        return int(self._get("/_stats")["max_in_flight"])
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _class_file(directory: Path, count: int) -> Path:
+    path = directory / f"bench{count}.csv"
+    path.write_text("id,name\n" + "".join(f"{i},benchmark action {i}\n" for i in range(count)))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--classes", type=int, default=400)
+    ap.add_argument("--c1-classes", type=int, default=50, help="classes for concurrency 1 (400 takes 80 s)")
+    ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    args = ap.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, ServerProcess(args.latency) as fake:
+        tmpdir = Path(tmp)
+        os.environ["OPENAI_API_KEY"] = fake.api_key
+        # Warm-up: imports (openai alone takes about a second) and the first connection.
+        generate(
+            classes_file=_class_file(tmpdir, 2),
+            dataset="warmup",
+            cache=tmpdir / "warmup.db",
+            base_url=fake.url,
+            model="fake-model",
+        )
+        last: dict | None = None
+        for conc in args.concurrency:
+            count = args.c1_classes if conc == 1 else args.classes
+            classes = _class_file(tmpdir, count)
+            cache = tmpdir / f"c{conc}.db"
+            fake.reset_log()
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            s = generate(
+                classes_file=classes,
+                dataset="bench",
+                cache=cache,
+                base_url=fake.url,
+                model="fake-model",
+                concurrency=conc,
+                timeout=30,
+            )
+            wall = time.perf_counter() - t0
+            cpu_ms = (time.process_time() - c0) / count * 1000
+            assert s.done == count and s.failed == 0, s.line()
+            ideal = count * args.latency / conc
+            rows.append(
+                (
+                    f"concurrency {conc}",
+                    count,
+                    fake.count(),
+                    fake.max_in_flight,
+                    wall,
+                    ideal,
+                    ideal / wall,
+                    cpu_ms,
+                )
+            )
+            last = {"classes": classes, "cache": cache, "count": count, "conc": conc}
+
+        assert last is not None
+        fake.reset_log()
+        t0 = time.perf_counter()
+        s = generate(
+            classes_file=last["classes"],
+            dataset="bench",
+            cache=last["cache"],
+            base_url=fake.url,
+            model="fake-model",
+        )
+        wall = time.perf_counter() - t0
+        assert s.cached == last["count"] and fake.count() == 0
+        rows.append(("cached re-run (function)", last["count"], fake.count(), 0, wall, None, None, None))
+
+        script = Path(sys.executable).with_name("descgen")
+        cmd = (
+            [str(script)]
+            if script.exists()
+            else [sys.executable, "-c", "from descgen.cli import main; main()"]
+        )
+        cmd += [
+            "generate",
+            "--classes",
+            str(last["classes"]),
+            "--dataset",
+            "bench",
+            "--cache",
+            str(last["cache"]),
+        ]
+        cmd += ["--base-url", fake.url, "--model", "fake-model"]
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        wall = time.perf_counter() - t0
+        assert r.returncode == 0 and f"{last['count']} cached" in r.stdout, r.stdout + r.stderr
+        rows.append(("cached re-run (process)", last["count"], fake.count(), 0, wall, None, None, None))
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"descgen generate against a loopback server, {args.latency * 1000:.0f} ms per request "
+        f"({os.cpu_count()} CPUs, load average {load:.1f} at the end; after a 2-class warm-up run)"
+    )
+    if args.c1_classes != args.classes and 1 in args.concurrency:
+        print(f"(concurrency 1 uses {args.c1_classes} classes to keep the run short)")
+    header = ("classes", "requests", "max in flight", "wall s", "ideal s", "efficiency", "CPU ms/class")
+    print(f"{'run':<26} " + " ".join(f"{h:>8}" for h in header))
+    for name, count, reqs, peak, wall, ideal, eff, cpu in rows:
+        cells = [
+            f"{count:>7}",
+            f"{reqs:>8}",
+            f"{peak:>13}",
+            f"{wall:>8.2f}",
+            f"{ideal:>8.2f}" if ideal is not None else f"{'-':>8}",
+            f"{eff:>10.3f}" if eff is not None else f"{'-':>10}",
+            f"{cpu:>12.2f}" if cpu is not None else f"{'-':>12}",
+        ]
+        print(f"{name:<26} " + " ".join(cells))
+    print(
+        "CPU ms/class: CPU time of this process per class (client, validation, SQLite); the server runs apart"
+    )
+
+
+if __name__ == "__main__":
+    main()
