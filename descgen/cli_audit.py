@@ -1,1 +1,403 @@
-"""CLI commands (registered on import)."""
+"""Commands over the cache: encode, audit, show, usage, export, import.
+
+Each command is a thin layer over a function of descgen.encode, descgen.audit, descgen.report or
+descgen.transfer. User errors end with one message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import typer
+
+from descgen.cli import app
+from descgen.datasets import ClassListError
+from descgen.encode import DescgenDataError
+from descgen.store import StoreError
+
+CacheOpt = typer.Option("cache/descriptions.db", "--cache", envvar="DESCGEN_CACHE", help="SQLite cache file.")
+DataDirOpt = typer.Option(
+    None, "--data-dir", help="Data directory with labels/{dataset}.csv (default $MSTA_DATA_DIR or ./data)."
+)
+ClassesOpt = typer.Option(
+    None, "--classes", help="Class list file (id,name CSV, one name per line, classInd.txt, labels.json)."
+)
+SetOpt = typer.Option(None, "--set", help="Description set id (a unique prefix is enough).")
+
+_USER_ERRORS = (DescgenDataError, StoreError, ClassListError)
+
+
+def _err(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _open(cache: str, must_exist: bool = True):
+    from descgen.store import Store
+
+    if must_exist and not Path(cache).exists():
+        raise StoreError(f"cache file not found: {cache}")
+    return Store(cache, create=not must_exist)
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def _class_list(dataset: str, classes: str | None, data_dir: str | None, required: bool):
+    """(names, source) of the dataset's class list, or (None, 'cache') when it cannot be found."""
+    from descgen.datasets import load_class_list
+
+    try:
+        cl = load_class_list(dataset=dataset, classes_file=classes, data_dir=data_dir)
+        return cl.names, cl.source
+    except ClassListError as exc:
+        if required or classes is not None or data_dir is not None:
+            raise
+        _console(stderr=True).print(
+            f"[yellow]warning:[/] {exc}; checking only the classes present in the cache"
+        )
+        return None, "cache (class list not found)"
+
+
+# ---------------------------------------------------------------------- encode
+
+
+@app.command("encode")
+def encode_cmd(
+    cache: str = CacheOpt,
+    dataset: str = typer.Option(None, "--dataset", help="Only the sets of this dataset."),
+    set_id: str = SetOpt,
+    model: str = typer.Option("ViT-B-16", "--model", help="open_clip model name or model-config JSON path."),
+    pretrained: str = typer.Option(
+        "openai", "--pretrained", help="Pretrained tag, checkpoint file, or 'none' (random)."
+    ),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    device: str = typer.Option("cpu", "--device"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Encode every description that has no embedding yet for this encoder (frozen open_clip text tower)."""
+    from descgen.encode import RandomWeightsWarning, encode_missing, load_text_encoder, select_set
+
+    t0 = time.monotonic()
+    try:
+        store = _open(cache)
+        set_ids = None
+        if set_id:
+            set_ids = [select_set(store, dataset=dataset, set_id=set_id).id]
+        elif dataset:
+            set_ids = [s.id for s in store.list_sets(dataset=dataset)]
+            if not set_ids:
+                raise DescgenDataError(f"no description sets for dataset {dataset!r} in {cache}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RandomWeightsWarning)
+            encoder = load_text_encoder(model, pretrained, device=device)
+        if any(issubclass(w.category, RandomWeightsWarning) for w in caught):
+            _console(stderr=True).print(
+                f"[bold red]WARNING: RANDOM WEIGHTS[/] - {encoder.model_name} has random weights "
+                f"(fingerprint {encoder.fingerprint}); these embeddings are for tests only, not for training."
+            )
+        n = encode_missing(store, encoder, set_ids, batch_size=batch_size, progress=progress)
+        total = len(store.all_description_texts(set_ids))
+    except _USER_ERRORS as exc:
+        raise _err(str(exc)) from None
+    typer.echo(
+        f"encoded {n} descriptions ({total - n} already cached, {total} distinct) with {encoder.fingerprint} "
+        f"in {time.monotonic() - t0:.1f}s"
+    )
+
+
+# ---------------------------------------------------------------------- audit
+
+
+@app.command("audit")
+def audit_cmd(
+    cache: str = CacheOpt,
+    dataset: str = typer.Option(..., "--dataset", help="Dataset name in the cache."),
+    set_id: str = SetOpt,
+    data_dir: str = DataDirOpt,
+    classes: str = ClassesOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON (stable keys)."),
+    html: str = typer.Option(None, "--html", help="Also write a self-contained HTML page to this file."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when there are findings."),
+    near_dup_threshold: float = typer.Option(0.95, "--near-dup-threshold", min=-1.0, max=1.0),
+    encoder: str = typer.Option(None, "--encoder", help="Encoder fingerprint for too_long / near_duplicate."),
+) -> None:
+    """Check a description set: missing, count, empty, duplicate, near_duplicate, too_long, invalid/error, leak."""
+    from descgen.audit import audit_set
+    from descgen.encode import select_set
+
+    try:
+        store = _open(cache)
+        set_ = select_set(store, dataset=dataset, set_id=set_id)
+        names, source = _class_list(dataset, classes, data_dir, required=False)
+        report = audit_set(
+            store, set_, names, source, encoder_fp=encoder, near_dup_threshold=near_dup_threshold
+        )
+        if html:
+            from descgen.report import write_html
+
+            write_html(store, report, html)
+    except _USER_ERRORS as exc:
+        raise _err(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), sort_keys=True, ensure_ascii=False, indent=2) + "\n")
+    else:
+        _print_audit(report)
+        if html:
+            typer.echo(f"wrote {html}")
+    if strict and report.findings:
+        raise typer.Exit(1)
+
+
+def _print_audit(report) -> None:
+    from rich.table import Table
+
+    con = _console()
+    s = report.set
+    if report.findings:
+        table = Table(
+            title=f"{report.dataset}: set {s.id} ({s.backend}: {s.model}, N={s.n})", show_lines=False
+        )
+        for col in ("class", "kind", "check", "#", "message"):
+            table.add_column(col, overflow="fold")
+        for f in report.findings:
+            table.add_row(
+                f.class_name, f.kind, f.check, "" if f.index is None else str(f.index + 1), f.message
+            )
+        con.print(table)
+    off = [f"{k} ({v})" for k, v in sorted(report.checks.items()) if v != "on"]
+    counts = ", ".join(f"{k} {v}" for k, v in report.counts().items())
+    con.print(
+        f"{len(report.findings)} findings in {len(report.flagged_classes())} of {len(report.classes)} classes"
+        + (f" ({counts})" if counts else "")
+        + f"; set {s.id}"
+        + (f"; encoder {report.encoder}" if report.encoder else "")
+        + (f"; not fully checked: {'; '.join(off)}" if off else ""),
+        markup=False,
+    )
+
+
+# ---------------------------------------------------------------------- show
+
+
+@app.command("show")
+def show_cmd(
+    cache: str = CacheOpt,
+    dataset: str = typer.Option(..., "--dataset"),
+    class_name: str = typer.Option(..., "--class", help="Class name, as in the class list."),
+    set_id: str = SetOpt,
+    as_json: bool = typer.Option(False, "--json"),
+    full: bool = typer.Option(False, "--full", help="Print long prompt texts and responses in full."),
+) -> None:
+    """Show the whole chain for one class: prompt, requests, raw responses, sentences, embeddings."""
+    from descgen.audit import class_chain
+    from descgen.encode import select_set
+
+    try:
+        store = _open(cache)
+        set_ = select_set(store, dataset=dataset, set_id=set_id)
+        chain = class_chain(store, set_, class_name)
+        if not chain["generations"] and not chain["descriptions"]:
+            known = sorted(store.descriptions(set_.id))
+            near = [k for k in known if class_name.casefold() in k.casefold()][:5]
+            hint = f"; similar: {', '.join(near)}" if near else ""
+            raise DescgenDataError(f"class {class_name!r} has nothing in set {set_.id}{hint}")
+    except _USER_ERRORS as exc:
+        raise _err(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(chain, sort_keys=True, ensure_ascii=False, indent=2) + "\n")
+        return
+    _print_chain(chain, None if full else 40)
+
+
+def _clip_lines(text: str, limit: int | None) -> str:
+    lines = text.splitlines()
+    if limit is None or len(lines) <= limit:
+        return text
+    return "\n".join(lines[:limit]) + f"\n... ({len(lines) - limit} more lines; --full shows everything)"
+
+
+def _print_chain(chain: dict, limit: int | None = 40) -> None:
+    from rich.panel import Panel
+    from rich.text import Text
+
+    con = _console()
+    s = chain["set"]
+    con.print(
+        Text(
+            f"{chain['dataset']} / {chain['class']}  -  set {s['id']} ({s['backend']}: {s['model']}, N={s['n']})",
+            style="bold",
+        )
+    )
+    p = chain["prompt"]
+    con.print(
+        Panel(
+            Text(_clip_lines(p["content"] or "(prompt text not stored)", limit)),
+            title=f"prompt {p['fingerprint'][:16]} {p['name'] or ''} {p['version'] or ''}",
+            expand=True,
+        )
+    )
+    for g in chain["generations"]:
+        head = (
+            f"generation {g['id']}: {g['status']}"
+            + (f" ({g['error']})" if g["error"] else "")
+            + f", attempt {g['attempt']}, seed {g['seed']}, tokens {g['prompt_tokens']}/{g['completion_tokens']}"
+        )
+        body = Text()
+        body.append("params: " + json.dumps(g["params"], sort_keys=True) + "\n")
+        if g["request"] is not None:
+            req = g["request"] if isinstance(g["request"], str) else json.dumps(g["request"], sort_keys=True)
+            body.append("request: " + req + "\n")
+        body.append("raw response:\n" + _clip_lines(str(g["raw_response"] or "(none)"), limit))
+        con.print(Panel(body, title=head, expand=True))
+    for d in chain["descriptions"]:
+        line = Text(f"[{d['kind']} {d['index'] + 1}] ", style="bold")
+        line.append(d["text"])
+        line.append(f"  (generation {d['generation_id']})", style="dim")
+        con.print(line)
+        if not d["embeddings"]:
+            con.print(Text("    no embedding yet (descgen encode)", style="dim"))
+        for e in d["embeddings"]:
+            first = ", ".join(f"{v:.4f}" for v in e["first"])
+            con.print(
+                Text(
+                    f"    {e['encoder']} ({e['pretrained']}{', RANDOM' if e['random_weights'] else ''}): dim {e['dim']} "
+                    f"{e['dtype']}, norm {e['norm']:.4f}, tokens {e['n_tokens']}"
+                    f"{' TRUNCATED' if e['truncated'] else ''}, first [{first}, ...]",
+                    style="dim",
+                )
+            )
+
+
+# ---------------------------------------------------------------------- usage
+
+
+@app.command("usage")
+def usage_cmd(
+    cache: str = CacheOpt,
+    as_json: bool = typer.Option(False, "--json"),
+    pricing: str = typer.Option(None, "--pricing", help="Price table (TOML) instead of the packaged one."),
+) -> None:
+    """Requests, tokens and estimated cost per backend and model, and failures by reason."""
+    from descgen.audit import usage_report
+
+    try:
+        store = _open(cache)
+        rep = usage_report(store, pricing)
+    except (OSError, ValueError) as exc:
+        raise _err(f"cannot read the price table: {exc}") from None
+    except _USER_ERRORS as exc:
+        raise _err(str(exc)) from None
+    if as_json:
+        sys.stdout.write(json.dumps(rep, sort_keys=True, ensure_ascii=False, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    con = _console()
+    t = Table(title="Usage per backend and model")
+    for col in (
+        "backend",
+        "model",
+        "requests",
+        "ok",
+        "invalid",
+        "errors",
+        "input tokens",
+        "output tokens",
+        "cost $",
+    ):
+        t.add_column(col, justify="right" if col not in ("backend", "model") else "left")
+    for r in rep["models"]:
+        cost = "?" if r["cost_usd"] is None else f"{r['cost_usd']:.4f}"
+        t.add_row(
+            r["backend"],
+            r["model"],
+            str(r["requests"]),
+            str(r["ok"]),
+            str(r["invalid"]),
+            str(r["errors"]),
+            str(r["prompt_tokens"]),
+            str(r["completion_tokens"]),
+            cost,
+        )
+    con.print(t)
+    if rep["failures"]:
+        f = Table(title="Failures by reason")
+        for col in ("backend", "model", "status", "reason", "count"):
+            f.add_column(col, overflow="fold")
+        for r in rep["failures"]:
+            f.add_row(r["backend"], r["model"], r["status"], r["reason"], str(r["count"]))
+        con.print(f)
+    total = f"${rep['total_cost_usd']:.4f}" + (
+        "" if rep["cost_complete"] else " + ? (models without a price)"
+    )
+    con.print(f"{sum(r['requests'] for r in rep['models'])} requests; estimated cost {total}", markup=False)
+
+
+# ---------------------------------------------------------------------- export / import
+
+
+@app.command("export")
+def export_cmd(
+    cache: str = CacheOpt,
+    dataset: str = typer.Option(..., "--dataset"),
+    out: str = typer.Option(..., "--out", help="Output JSON file (a directory with --format msta)."),
+    set_id: str = SetOpt,
+    fmt: str = typer.Option(
+        "json", "--format", help="json (one document) or msta (the authors' index-keyed files)."
+    ),
+    data_dir: str = DataDirOpt,
+    classes: str = ClassesOpt,
+) -> None:
+    """Write a description set as JSON, or in the MSTA authors' layout."""
+    from descgen.transfer import export_set
+
+    try:
+        store = _open(cache)
+        paths = export_set(
+            store, dataset, out, set_id=set_id, fmt=fmt, data_dir=data_dir, classes_file=classes
+        )
+    except _USER_ERRORS as exc:
+        raise _err(str(exc)) from None
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@app.command("import")
+def import_cmd(
+    cache: str = CacheOpt,
+    dataset: str = typer.Option(..., "--dataset"),
+    spatial: str = typer.Option(
+        ..., "--spatial", help="Spatial descriptions (name- or index-keyed JSON), or an export."
+    ),
+    temporal: str = typer.Option(
+        None, "--temporal", help="Temporal descriptions (name- or index-keyed JSON)."
+    ),
+    data_dir: str = DataDirOpt,
+    classes: str = ClassesOpt,
+) -> None:
+    """Import published description files as a set (backend 'import'), defects included, for audit and training."""
+    from descgen.transfer import import_files
+
+    existed = Path(cache).exists()
+    store = None
+    try:
+        store = _open(cache, must_exist=False)
+        res = import_files(store, dataset, spatial, temporal, data_dir=data_dir, classes_file=classes)
+    except _USER_ERRORS as exc:
+        if store is not None and not existed:  # leave no empty cache file behind
+            store.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(cache + suffix).unlink(missing_ok=True)
+        raise _err(str(exc)) from None
+    miss = f"; {len(res.missing)} classes of the list not in the files" if res.missing else ""
+    typer.echo(
+        f"set {res.set.id} ({res.set.model}, N={res.n}): {res.added} classes imported, {res.cached} already there"
+        f"{miss}"
+    )

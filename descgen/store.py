@@ -571,6 +571,25 @@ class Store:
             )
         )
 
+    # ------------------------------------------------------------------ encode, audit and export queries
+    def encoders_for_set(self, set_id: str) -> list[dict]:
+        """Encoders that have embeddings for descriptions of a set, with how many texts each covers."""
+        return list(
+            self.db.query(
+                "SELECT c.*, COUNT(DISTINCT e.text_hash) AS texts FROM descriptions d "
+                "JOIN embeddings e ON e.text_hash = d.text_hash "
+                "JOIN encoders c ON c.fingerprint = e.encoder_fp "
+                "WHERE d.set_id = ? GROUP BY c.fingerprint ORDER BY texts DESC, c.created_at",
+                [set_id],
+            )
+        )
+
+    def distinct_description_count(self, set_id: str) -> int:
+        rows = list(
+            self.db.query("SELECT COUNT(DISTINCT text_hash) AS n FROM descriptions WHERE set_id = ?", [set_id])
+        )
+        return int(rows[0]["n"]) if rows else 0
+
 
 class _Transaction:
     def __init__(self, conn: sqlite3.Connection):

@@ -1,0 +1,532 @@
+"""Quality checks over a description set.
+
+Each finding names a class, a kind (``spatial``, ``temporal``, or ``both`` for class-level
+problems), a check and a message. The checks:
+
+``missing``         the class has no descriptions of a kind the set holds
+``count``           the class has some descriptions of a kind, but not N
+``empty``           a description is empty (or only the sentence template)
+``duplicate``       the same sentence twice in a class and kind (case- and space-insensitive)
+``near_duplicate``  two classes whose mean embeddings (per kind) have cosine >= a threshold;
+                    only when the set has embeddings (``descgen encode``)
+``too_long``        a description longer than the encoder's context (tokenizer count, or the
+                    truncation recorded when it was encoded)
+``invalid``/``error`` failed requests, with their reason, for classes that have no valid answer
+``leak``            a spatial description that only restates the class name
+
+JSON shape (``AuditReport.to_dict``), with sorted keys::
+
+    {"dataset": str, "set": {"id", "backend", "model", "prompt", "n", "kinds"},
+     "classes": int, "class_source": str, "encoder": str | null,
+     "checks": {check: "on" | "off: reason"}, "counts": {check: int},
+     "findings": [{"class", "kind", "check", "message", "index", "other_class", "generation_id"}]}
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from descgen.encode import set_kinds
+from descgen.store import DescriptionSet, Store, text_hash
+
+CHECKS = ("missing", "count", "empty", "duplicate", "near_duplicate", "too_long", "invalid", "error", "leak")
+DEFAULT_NEAR_DUP = 0.95
+DEFAULT_TOKENIZER_MODEL = "ViT-B-16"
+DEFAULT_CONTEXT = 77
+
+# "A video about ...", "a photo of ...": the sentence frame around the phrase.
+_FRAME = re.compile(
+    r"^\s*(?:(?:a|an|the)\s+)?(?:video|photo|picture|image|clip|footage)\s+"
+    r"(?:about|of|showing|shows|depicting)\s+",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_ARTICLES = {"a", "an", "the"}
+
+
+@dataclass
+class Finding:
+    class_name: str
+    kind: str
+    check: str
+    message: str
+    index: int | None = None
+    other_class: str | None = None
+    generation_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class": self.class_name,
+            "kind": self.kind,
+            "check": self.check,
+            "message": self.message,
+            "index": self.index,
+            "other_class": self.other_class,
+            "generation_id": self.generation_id,
+        }
+
+
+@dataclass
+class AuditReport:
+    dataset: str
+    set: DescriptionSet
+    classes: list[str]
+    class_source: str
+    encoder: str | None
+    checks: dict[str, str]
+    findings: list[Finding] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(f.check for f in self.findings)
+        return {k: c[k] for k in sorted(c)}
+
+    def flagged_classes(self) -> set[str]:
+        out = {f.class_name for f in self.findings}
+        out |= {f.other_class for f in self.findings if f.other_class}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "set": {
+                "id": self.set.id,
+                "backend": self.set.backend,
+                "model": self.set.model,
+                "prompt": self.set.prompt_fp,
+                "n": self.set.n,
+                "kinds": list(set_kinds(self.set)),
+            },
+            "classes": len(self.classes),
+            "class_source": self.class_source,
+            "encoder": self.encoder,
+            "checks": dict(sorted(self.checks.items())),
+            "counts": self.counts(),
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+def _norm_sentence(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _content_words(text: str) -> Counter:
+    return Counter(_stem(w) for w in _WORD.findall(text.casefold()) if w not in _ARTICLES)
+
+
+def strip_frame(text: str) -> str:
+    """The phrase inside a sentence frame such as ``A video about ...``."""
+    return _FRAME.sub("", text, count=1).strip().rstrip(".!?;:, ").strip()
+
+
+def is_leak(text: str, class_name: str) -> bool:
+    """True when the description, without its frame, says nothing but the class name."""
+    body = _content_words(strip_frame(text))
+    return bool(body) and body == _content_words(class_name)
+
+
+class _TokenCounter:
+    """Counts tokens with the encoder's tokenizer (CLIP BPE), including start and end tokens."""
+
+    def __init__(self, model_name: str | None, context_length: int):
+        self.context_length = context_length
+        self.model_name = model_name or DEFAULT_TOKENIZER_MODEL
+        self._encode = None
+        self.available = False
+        try:
+            import open_clip
+
+            tok = None
+            if self.model_name in open_clip.list_models():
+                tok = open_clip.get_tokenizer(self.model_name)
+            if tok is None or type(tok).__name__ != "SimpleTokenizer":
+                tok = open_clip.SimpleTokenizer(context_length=context_length)
+            self._encode = tok.encode
+            self.available = True
+        except Exception:  # noqa: BLE001 - without a tokenizer the recorded truncation is used
+            self.available = False
+
+    def count(self, text: str) -> int | None:
+        if self._encode is None:
+            return None
+        return len(self._encode(text)) + 2
+
+
+def _pick_encoder(store: Store, set_: DescriptionSet, encoder_fp: str | None) -> dict | None:
+    if encoder_fp:
+        enc = store.get_encoder(encoder_fp)
+        if enc is None:
+            matches = [e for e in store.list_encoders() if e["fingerprint"].startswith(encoder_fp)]
+            if len(matches) == 1:
+                return matches[0]
+            from descgen.encode import DescgenDataError
+
+            known = ", ".join(e["fingerprint"] for e in store.list_encoders()) or "none"
+            raise DescgenDataError(
+                f"encoder {encoder_fp!r} not found in {store.path} (encoders there: {known})"
+            )
+        return enc
+    used = store.encoders_for_set(set_.id)
+    return used[0] if used else None
+
+
+def audit_set(
+    store: Store,
+    set_: DescriptionSet,
+    class_names: Sequence[str] | None = None,
+    class_source: str = "cache",
+    encoder_fp: str | None = None,
+    near_dup_threshold: float = DEFAULT_NEAR_DUP,
+    use_tokenizer: bool = True,
+) -> AuditReport:
+    """Run every check over one set. ``class_names``: the dataset's class list (else the set's classes)."""
+    descs = store.descriptions(set_.id)
+    rows = store.description_rows(set_.id)
+    gen_of: dict[tuple[str, str, int], int] = {
+        (r["class_name"], r["kind"], r["idx"]): r["generation_id"] for r in rows
+    }
+    classes = list(class_names) if class_names is not None else []
+    known = set(classes)
+    gens = store.generations(set_.id)
+    extra = sorted((set(descs) | {g["class_name"] for g in gens}) - known)
+    classes += extra
+    order = {c: i for i, c in enumerate(classes)}
+    kinds = set_kinds(set_)
+    enc = _pick_encoder(store, set_, encoder_fp)
+    context = int(enc["context_length"]) if enc else DEFAULT_CONTEXT
+    counter = _TokenCounter(enc["model_name"] if enc else None, context) if use_tokenizer else None
+    checks = {c: "on" for c in CHECKS}
+    findings: list[Finding] = []
+
+    ok_classes = {g["class_name"] for g in gens if g["status"] in ("ok", "superseded")}
+    failed: dict[str, list[dict]] = {}
+    for g in gens:
+        if g["status"] in ("invalid", "error") and g["class_name"] not in ok_classes:
+            failed.setdefault(g["class_name"], []).append(g)
+
+    all_hashes = [text_hash(t) for c in descs.values() for k in kinds for t in c.get(k, [])]
+    emb = store.get_embeddings(enc["fingerprint"], all_hashes) if enc else {}
+    if counter is None or not counter.available:
+        checks["too_long"] = "on (recorded truncation only)" if enc else "off: no tokenizer and no embeddings"
+
+    for c in classes:
+        entry = descs.get(c, {})
+        for kind in kinds:
+            texts = entry.get(kind, [])
+            if not texts:
+                findings.append(Finding(c, kind, "missing", f"no {kind} descriptions"))
+                continue
+            if len(texts) != set_.n:
+                findings.append(
+                    Finding(
+                        c,
+                        kind,
+                        "count",
+                        f"{len(texts)} {kind} descriptions, expected {set_.n}",
+                        generation_id=gen_of.get((c, kind, 0)),
+                    )
+                )
+            seen: dict[str, int] = {}
+            for i, t in enumerate(texts):
+                gid = gen_of.get((c, kind, i))
+                if not t.strip() or not strip_frame(t):
+                    findings.append(
+                        Finding(c, kind, "empty", f"description {i + 1} is empty: {t!r}", i, None, gid)
+                    )
+                key = _norm_sentence(t)
+                if key in seen:
+                    findings.append(
+                        Finding(
+                            c,
+                            kind,
+                            "duplicate",
+                            f"description {i + 1} repeats description {seen[key] + 1}: {t.strip()!r}",
+                            i,
+                            None,
+                            gid,
+                        )
+                    )
+                else:
+                    seen[key] = i
+                n_tok = counter.count(t) if counter is not None and counter.available else None
+                row = emb.get(text_hash(t))
+                over = (n_tok is not None and n_tok > context) or (
+                    n_tok is None and row is not None and bool(row["truncated"])
+                )
+                if over:
+                    count = n_tok if n_tok is not None else row["n_tokens"]
+                    findings.append(
+                        Finding(
+                            c,
+                            kind,
+                            "too_long",
+                            f"description {i + 1} has {count} tokens, over the encoder context of {context} "
+                            "(cut when encoded)",
+                            i,
+                            None,
+                            gid,
+                        )
+                    )
+                if kind == "spatial" and is_leak(t, c):
+                    findings.append(
+                        Finding(
+                            c,
+                            kind,
+                            "leak",
+                            f"description {i + 1} only restates the class name: {t.strip()!r}",
+                            i,
+                            None,
+                            gid,
+                        )
+                    )
+        for status in ("invalid", "error"):
+            bad = [g for g in failed.get(c, []) if g["status"] == status]
+            if bad:
+                last = bad[-1]
+                findings.append(
+                    Finding(
+                        c,
+                        "both",
+                        status,
+                        f"{len(bad)} failed request(s); last reason: {last.get('error') or 'unknown'}",
+                        generation_id=last["id"],
+                    )
+                )
+
+    if enc is None:
+        checks["near_duplicate"] = "off: no embeddings for this set (run descgen encode)"
+    else:
+        findings += _near_duplicates(classes, descs, kinds, emb, near_dup_threshold)
+        if enc.get("random_weights"):
+            checks["near_duplicate"] = "on (random-weight encoder: similarities are not meaningful)"
+
+    findings.sort(
+        key=lambda f: (
+            order.get(f.class_name, len(order)),
+            f.class_name,
+            f.kind,
+            f.check,
+            -1 if f.index is None else f.index,
+            f.other_class or "",
+        )
+    )
+    return AuditReport(
+        dataset=set_.dataset,
+        set=set_,
+        classes=classes,
+        class_source=class_source,
+        encoder=enc["fingerprint"] if enc else None,
+        checks=checks,
+        findings=findings,
+    )
+
+
+def _near_duplicates(
+    classes: list[str], descs: dict, kinds: Sequence[str], emb: dict[str, dict], threshold: float
+) -> list[Finding]:
+    import numpy as np
+
+    out: list[Finding] = []
+    for kind in kinds:
+        names: list[str] = []
+        means: list[np.ndarray] = []
+        for c in classes:
+            texts = descs.get(c, {}).get(kind, [])
+            rows = [emb.get(text_hash(t)) for t in texts]
+            if not texts or any(r is None for r in rows):
+                continue
+            vecs = np.stack([np.frombuffer(r["vector"], dtype=np.float32) for r in rows]).astype(np.float64)
+            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            m = vecs.mean(axis=0)
+            means.append(m / max(np.linalg.norm(m), 1e-12))
+            names.append(c)
+        if len(names) < 2:
+            continue
+        mat = np.stack(means)
+        sim = mat @ mat.T
+        ii, jj = np.nonzero(np.triu(sim >= threshold, k=1))
+        for i, j in zip(ii.tolist(), jj.tolist(), strict=True):
+            out.append(
+                Finding(
+                    names[i],
+                    kind,
+                    "near_duplicate",
+                    f"mean {kind} embedding has cosine {sim[i, j]:.3f} with class {names[j]!r} "
+                    f"(threshold {threshold})",
+                    None,
+                    names[j],
+                )
+            )
+    return out
+
+
+# ---------------------------------------------------------------------- show: one class's whole chain
+
+
+def class_chain(store: Store, set_: DescriptionSet, class_name: str, values: int = 5) -> dict[str, Any]:
+    """Everything behind one class of a set: prompt, requests, raw responses, sentences, embeddings."""
+    import json
+
+    from descgen.encode import vector_from_row
+
+    prompt = store.get_prompt(set_.prompt_fp) or {}
+    gens = store.generations(set_.id, class_name=class_name)
+    rows = store.description_rows(set_.id, class_name)
+    descriptions = []
+    for r in rows:
+        embs = []
+        for e in store.embedding_rows_for_text(r["text_hash"]):
+            vec = vector_from_row(e)
+            norm = sum(v * v for v in vec) ** 0.5
+            embs.append(
+                {
+                    "encoder": e["encoder_fp"],
+                    "model": e["model_name"],
+                    "pretrained": e["pretrained"],
+                    "random_weights": bool(e["random_weights"]),
+                    "dim": e["dim"],
+                    "dtype": e["dtype"],
+                    "norm": round(norm, 6),
+                    "first": [round(v, 6) for v in vec[:values]],
+                    "n_tokens": e["n_tokens"],
+                    "truncated": bool(e["truncated"]),
+                }
+            )
+        descriptions.append(
+            {
+                "kind": r["kind"],
+                "index": r["idx"],
+                "text": r["text"],
+                "phrase": r["phrase"],
+                "text_hash": r["text_hash"],
+                "generation_id": r["generation_id"],
+                "embeddings": embs,
+            }
+        )
+    requests = []
+    for g in gens:
+        req = g.get("request")
+        try:
+            req = json.loads(req) if isinstance(req, str) else req
+        except ValueError:
+            pass
+        requests.append(
+            {
+                "id": g["id"],
+                "status": g["status"],
+                "error": g["error"],
+                "attempt": g["attempt"],
+                "seed": g["seed"],
+                "params": json.loads(g["params"]) if g.get("params") else None,
+                "request": req,
+                "raw_response": g["raw_response"],
+                "prompt_tokens": g["prompt_tokens"],
+                "completion_tokens": g["completion_tokens"],
+                "latency_s": g["latency_s"],
+                "created_at": g["created_at"],
+            }
+        )
+    return {
+        "dataset": set_.dataset,
+        "class": class_name,
+        "set": {
+            "id": set_.id,
+            "backend": set_.backend,
+            "model": set_.model,
+            "n": set_.n,
+            "params": set_.params,
+        },
+        "prompt": {
+            "fingerprint": set_.prompt_fp,
+            "name": prompt.get("name"),
+            "version": prompt.get("version"),
+            "content": prompt.get("content"),
+        },
+        "generations": requests,
+        "descriptions": descriptions,
+    }
+
+
+# ---------------------------------------------------------------------- usage and cost
+
+
+def load_pricing(path: str | None = None) -> dict[str, dict[str, float]]:
+    """Prices per 1M tokens, {"backend/model" or "model": {"input": x, "output": y}}."""
+    import tomllib
+    from pathlib import Path
+
+    source = Path(path) if path else Path(__file__).resolve().parent / "pricing.toml"
+    text = source.read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    out: dict[str, dict[str, float]] = {}
+    for key, val in (data.get("models") or {}).items():
+        if isinstance(val, dict) and "input" in val and "output" in val:
+            out[str(key)] = {"input": float(val["input"]), "output": float(val["output"])}
+    return out
+
+
+def _price_for(prices: dict[str, dict[str, float]], backend: str, model: str) -> dict[str, float] | None:
+    for key in (f"{backend}/{model}", model):
+        if key in prices:
+            return prices[key]
+    if backend in ("import", "vllm"):
+        return {"input": 0.0, "output": 0.0}
+    return None
+
+
+def usage_report(store: Store, pricing_path: str | None = None) -> dict[str, Any]:
+    """Requests, tokens, estimated cost per backend and model, and failures by reason."""
+    prices = load_pricing(pricing_path)
+    rows = []
+    total = 0.0
+    unknown = False
+    for r in store.usage():
+        price = _price_for(prices, r["backend"], r["model"])
+        cost = None
+        if price is not None:
+            cost = (
+                r["prompt_tokens"] * price["input"] + r["completion_tokens"] * price["output"]
+            ) / 1_000_000
+            total += cost
+        else:
+            unknown = True
+        rows.append(
+            {
+                "backend": r["backend"],
+                "model": r["model"],
+                "requests": r["requests"],
+                "ok": r["ok"],
+                "invalid": r["invalid"],
+                "errors": r["errors"],
+                "prompt_tokens": r["prompt_tokens"],
+                "completion_tokens": r["completion_tokens"],
+                "latency_s": round(float(r["latency_s"] or 0.0), 3),
+                "cost_usd": None if cost is None else round(cost, 6),
+            }
+        )
+    failures = [
+        {
+            "backend": f["backend"],
+            "model": f["model"],
+            "status": f["status"],
+            "reason": f["error"] or "",
+            "count": f["count"],
+        }
+        for f in store.failures_by_reason()
+    ]
+    return {
+        "models": rows,
+        "failures": failures,
+        "total_cost_usd": round(total, 6),
+        "cost_complete": not unknown,
+    }
