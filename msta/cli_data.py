@@ -1,1 +1,146 @@
-"""CLI commands (registered on import)."""
+"""``msta data check`` and ``msta data synth``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from msta.cli import data_app
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _progress(description: str):  # -> (Progress, callback)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = progress.add_task(description, total=None)
+
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return progress, update
+
+
+@data_app.command("check")
+def check_command(
+    list_file: Path = typer.Option(..., "--list", help="Video list: '<relative path> <label id>' per line."),
+    root: Path = typer.Option(..., "--root", help="Directory the list's paths are relative to."),
+    classes: str | None = typer.Option(
+        None, "--classes", help="Class-list file or built-in dataset name; enables the label range check."
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Data directory for built-in dataset names."
+    ),
+    decoder: str = typer.Option("pyav", "--decoder", help="pyav, decord or frames."),
+    workers: int = typer.Option(4, "--workers", min=1, help="Videos probed in parallel."),
+    frames: int = typer.Option(
+        8, "--frames", min=1, help="Frames decoded per video (evaluation sampling); 1 = first frame only."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the full report as JSON on stdout."),
+    show: int = typer.Option(20, "--show", min=0, help="Problems listed per kind (text output)."),
+) -> None:
+    """Count videos per class and find missing files, videos that do not decode, malformed lines and
+    label ids out of range. Exit code 0 when clean, 1 when problems were found, 2 for bad input."""
+    from msta.data import DataError, check_list, load_classes
+
+    num_classes = None
+    try:
+        if classes is not None:
+            num_classes = len(load_classes(classes, data_dir))
+        progress, update = _progress("Checking videos")
+        with progress:
+            report = check_list(
+                list_file, root, num_classes=num_classes, decoder=decoder, workers=workers,
+                num_frames=frames, progress=update,
+            )  # fmt: skip
+    except DataError as exc:
+        _fail(str(exc))
+        return
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        kinds = [
+            ("malformed line", report.malformed, lambda p: f"line {p['line']}: {p['error']}: {p['text']!r}"),
+            ("missing", report.missing, lambda p: f"line {p['line']}: {p['path']}"),
+            ("unreadable", report.unreadable, lambda p: f"line {p['line']}: {p['path']}: {p['error']}"),
+            (
+                "label out of range",
+                report.out_of_range,
+                lambda p: f"line {p['line']}: {p['path']}: label {p['label']} (classes: {num_classes})",
+            ),
+        ]
+        for kind, items, fmt in kinds:
+            for p in items[:show]:
+                typer.echo(f"{kind}: {fmt(p)}", err=True)
+            if len(items) > show:
+                typer.echo(f"{kind}: ... {len(items) - show} more", err=True)
+        if report.empty_classes:
+            shown = ", ".join(str(c) for c in report.empty_classes[:20])
+            more = " ..." if len(report.empty_classes) > 20 else ""
+            typer.echo(f"note: {len(report.empty_classes)} classes have no videos: {shown}{more}", err=True)
+        counts = sorted(report.per_class.values())
+        if counts:
+            typer.echo(
+                f"videos per class: min {counts[0]}, median {counts[len(counts) // 2]}, max {counts[-1]}"
+            )
+        status = "OK" if report.ok else f"{report.problems} problems"
+        typer.echo(f"{status}: {report.summary()}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@data_app.command("synth")
+def synth_command(
+    out: Path = typer.Option(..., "--out", help="Output directory (becomes the video root)."),
+    videos_per_class: int = typer.Option(20, "--videos-per-class", min=1, help="Training videos per class."),
+    val_per_class: int = typer.Option(8, "--val-per-class", min=0, help="Validation videos per class."),
+    frames: int = typer.Option(16, "--frames", min=2, help="Frames per video."),
+    size: int = typer.Option(64, "--size", min=16, help="Frame width and height in pixels (even)."),
+    fps: int = typer.Option(16, "--fps", min=1, help="Frame rate written to the files."),
+    motions: str = typer.Option(
+        "directions",
+        "--motions",
+        help="Motion set (horizontal, directions, all) or comma-separated motions "
+        "(left_to_right, right_to_left, top_to_bottom, bottom_to_top, clockwise, counterclockwise, growing, shrinking).",
+    ),
+    style: str = typer.Option(
+        "plain", "--style", help="plain: bright shapes on dark backgrounds; textured: harder, any colours."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", min=0, help="Random seed; the frames are a function of all options."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing synthetic dataset in --out."),
+) -> None:
+    """Write a small synthetic dataset of real mp4 videos whose classes differ only in motion,
+    with train/val lists, a class list and a manifest."""
+    from msta.synth import SynthError, synth_dataset
+
+    try:
+        progress, update = _progress("Writing videos")
+        with progress:
+            result = synth_dataset(
+                out, videos_per_class=videos_per_class, val_per_class=val_per_class, frames=frames,
+                size=size, seed=seed, motions=motions, fps=fps, style=style, overwrite=force, progress=update,
+            )  # fmt: skip
+    except (SynthError, OSError) as exc:
+        _fail(str(exc))
+        return
+    m = result.manifest
+    typer.echo(
+        f"Wrote {result.train} training and {result.val} validation videos of {len(result.classes)} classes "
+        f"to {result.out_dir} ({m['frames']} frames, {m['size']}x{m['size']}, {m['codec']}); "
+        f"classes: {result.out_dir / 'classes.csv'}, hflip must stay off"
+    )
