@@ -1,1 +1,195 @@
-"""CLI commands (registered on import)."""
+"""``msta train``, ``msta eval`` and ``msta predict``: thin layers over :mod:`msta.train`,
+:mod:`msta.evaluate` and :mod:`msta.predict`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from msta.cli import app
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"Error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; user errors end with one message and exit code 2, never a traceback."""
+    from descgen.store import StoreError
+    from msta.checkpoint import CheckpointError
+    from msta.config import ConfigError
+    from msta.data import DataError
+    from msta.train import TrainError
+
+    try:
+        return fn()
+    except TrainError as exc:
+        _fail(str(exc), exc.code)
+    except (ConfigError, DataError, CheckpointError, StoreError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    return None
+
+
+_CONFIG_HELP = "YAML config file or preset name (repeatable, merged in order)."
+_SET_HELP = "Override a key: --set optim.lr=1e-3 (repeatable)."
+
+
+@app.command("train")
+def train_command(
+    config: list[str] = typer.Option([], "--config", "-c", help=_CONFIG_HELP),
+    overrides: list[str] = typer.Option([], "--set", help=_SET_HELP),
+    descriptions: str | None = typer.Option(
+        None, "--descriptions", "-d", help="Description cache (SQLite) for the consistency loss."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in run.out from its last checkpoint."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Train MSTA adapters (one process, or many under torchrun)."""
+    from msta.train import resolve_train_config, train
+
+    def go() -> Any:
+        cfg = resolve_train_config(config, overrides, resume)
+        return train(cfg, descriptions=descriptions, resume=resume, progress=progress)
+
+    _run(go)
+
+
+@app.command("eval")
+def eval_command(
+    run: str = typer.Argument(..., help="Run directory (run.out of a training run)."),
+    split: list[str] = typer.Option(
+        [], "--split", help="Video list to evaluate instead of the configured ones (repeatable; mean ± std)."
+    ),
+    classes: str | None = typer.Option(
+        None, "--classes", help="Class list of the --split lists (default: data.classes)."
+    ),
+    root: str | None = typer.Option(
+        None, "--root", help="Video root of the --split lists (default: data.root)."
+    ),
+    target: str | None = typer.Option(
+        None,
+        "--target",
+        help="Dataset preset whose zero-shot splits to evaluate (hmdb51, ucf101, k600); needs --root.",
+    ),
+    views: str | None = typer.Option(
+        None, "--views", help="CLIPSxCROPS, e.g. 1x1 (default: eval.views) or 4x3."
+    ),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="last, best or both."),
+    overrides: list[str] = typer.Option([], "--set", help=_SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (top1, top5 in 0..1, ...)."),
+    plots: bool = typer.Option(
+        True, "--plots/--no-plots", help="Write the confusion-matrix and training-curve PNGs."
+    ),
+) -> None:
+    """Evaluate a run: top-1/top-5, per-class accuracy, base/novel/HM, mean ± std over splits."""
+    from msta.evaluate import compact, evaluate_run
+
+    report = _run(
+        lambda: evaluate_run(
+            run,
+            splits=split,
+            views=views,
+            checkpoint=checkpoint,
+            classes=classes,
+            root=root,
+            overrides=overrides,
+            plots=plots,
+            target=target,
+        )
+    )
+    if report is None:
+        return
+    if as_json:
+        print(json.dumps(compact(report)))
+        return
+    _print_report(report)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    reports = report.get("checkpoints") or {report["checkpoint"]: report}
+    for which, r in reports.items():
+        table = Table(
+            title=f"{which} checkpoint (epoch {r.get('epoch')}, step {r.get('global_step')}), views {r['views']}"
+        )
+        for col in ("split", "videos", "classes", "top-1", "top-5", "mean class acc."):
+            table.add_column(col)
+        for name, s in r["splits"].items():
+            table.add_row(
+                name,
+                str(s["n"]),
+                str(len(s["classes"])),
+                f"{100 * s['top1']:.2f}",
+                f"{100 * s['top5']:.2f}",
+                f"{100 * s['mean_class_accuracy']:.2f}",
+            )
+        console.print(table)
+        for g, v in r.get("groups", {}).items():
+            console.print(
+                f"{g}: top-1 {100 * v['top1']['mean']:.2f} ± {100 * v['top1']['std']:.2f}, "
+                f"top-5 {100 * v['top5']['mean']:.2f} ± {100 * v['top5']['std']:.2f} over {len(v['splits'])} splits"
+            )
+        if "base_to_novel" in r:
+            b = r["base_to_novel"]
+            console.print(f"base {100 * b['base']:.2f}, novel {100 * b['novel']:.2f}, HM {100 * b['hm']:.2f}")
+    first = next(iter(reports.values()))
+    console.print(
+        f"top-1 {100 * first['top1']:.2f}, top-5 {100 * first['top5']:.2f} ({first['checkpoint']} checkpoint)"
+    )
+
+
+@app.command("predict")
+def predict_command(
+    video: str = typer.Argument(..., help="Video file (or folder of frames)."),
+    classes: str | None = typer.Option(None, "--classes", help='Candidate classes: "a,b,c".'),
+    classes_file: str | None = typer.Option(
+        None, "--classes-file", help="Candidate classes from a class-list file."
+    ),
+    run: str | None = typer.Option(
+        None, "--run", help="Trained run directory (default: zero-shot backbone)."
+    ),
+    topk: int = typer.Option(5, "--topk", help="How many classes to show."),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="last or best (with --run)."),
+    views: str = typer.Option("1x1", "--views", help="CLIPSxCROPS."),
+    config: list[str] = typer.Option([], "--config", "-c", help=_CONFIG_HELP + " Zero-shot backbone."),
+    overrides: list[str] = typer.Option([], "--set", help=_SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Top-k classes with probabilities for one video."""
+    from msta.predict import predict
+
+    if run is not None and config:
+        _fail("--config is for the zero-shot backbone; a --run brings its own configuration (use --set)")
+    result = _run(
+        lambda: predict(
+            video,
+            classes=classes,
+            classes_file=classes_file,
+            run=run,
+            configs=config,
+            overrides=overrides,
+            topk=topk,
+            checkpoint=checkpoint,
+            views=views,
+        )
+    )
+    if result is None:
+        return
+    if as_json:
+        print(json.dumps(result))
+        return
+    print(f"{result['video']} ({result['mode']}):")
+    for p in result["predictions"]:
+        print(f"  {p['probability']:.4f}  {p['class']}")

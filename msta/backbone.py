@@ -1,0 +1,488 @@
+"""Frozen video-language backbones behind one narrow interface.
+
+The MSTA adapters never touch a backbone's modules. A backbone runs its own transformer blocks
+and, after each block, calls ``block_hook(kind, index, x, ln1_x)`` with
+
+* ``kind``: ``"text"`` or ``"vision"``;
+* ``index``: the block's 0-based index in its tower;
+* ``x``: the block input (batch-first tokens);
+* ``ln1_x``: the block's own (frozen) first layer norm applied to ``x``;
+
+and adds whatever tensor the hook returns to the block output (the parallel adapter placement:
+``x + attn(ln_1(x)) + mlp(...) + hook(...)``). ``None`` means nothing to add.
+
+Video tokens are laid out however the backbone likes; :meth:`VideoTextBackbone.tokens_to_grid`
+and :meth:`VideoTextBackbone.grid_to_tokens` convert per-token features to and from a
+``[B, T, L, C]`` grid so a temporal operator can work over frames without knowing the layout.
+
+:class:`OpenCLIPBackbone` wraps any open_clip CLIP model whose towers are open_clip's own
+``VisionTransformer`` / ``TextTransformer`` (frame-level encoding: frames are independent images,
+the video embedding is the mean of the frame embeddings). A joint space-time backbone (ViCLIP)
+implements the same protocol.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+BlockHook = Callable[[str, int, Tensor, Tensor], Tensor | None]
+
+RANDOM_WEIGHTS_SEED = 0  # "pretrained: none" always gives the same weights (every process, every run)
+
+
+class BackboneError(RuntimeError):
+    """The backbone cannot be built or loaded. The message is meant for the user, as is."""
+
+
+@runtime_checkable
+class VideoTextBackbone(Protocol):
+    """What the MSTA model needs from a frozen video-language backbone."""
+
+    name: str  # model name (for fingerprints and tokenizers)
+    pretrained: str  # weights: tag, checkpoint path or "none"
+    text_width: int
+    vision_width: int
+    num_text_blocks: int
+    num_vision_blocks: int
+    image_size: int
+    context_length: int
+    embed_dim: int
+    logit_scale: Tensor  # the frozen multiplier of cosine similarities (exp of the learned log scale)
+    tokenizer: Callable[..., Tensor]
+
+    def encode_text_tokens(self, tokens: Tensor, block_hook: BlockHook | None = None) -> Tensor: ...
+
+    def encode_video(self, video: Tensor, block_hook: BlockHook | None = None) -> Tensor: ...
+
+    def tokens_to_grid(self, x: Tensor, frames: int) -> Tensor: ...
+
+    def grid_to_tokens(self, g: Tensor) -> Tensor: ...
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None: ...
+
+
+# --------------------------------------------------------------------------- open_clip
+
+
+def _register_config_file(path: Path) -> str:
+    """Make an open_clip model-config JSON known to open_clip under its file stem."""
+    import open_clip
+
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"cannot read model config {path}: {exc}") from None
+    if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        raise BackboneError(
+            f"{path} is not an open_clip model config (it needs embed_dim, vision_cfg and text_cfg)"
+        )
+    name = path.stem
+    if open_clip.get_model_config(name) != cfg:
+        open_clip.add_model_config(path)
+    return name
+
+
+def resolve_model_name(backbone: str) -> str:
+    """An open_clip model name for ``backbone`` (a name, or a path to a model-config JSON)."""
+    import open_clip
+
+    p = Path(backbone)
+    if backbone.endswith(".json") or (p.suffix == "" and p.is_file()):
+        if not p.is_file():
+            raise BackboneError(f"model config {backbone} does not exist")
+        return _register_config_file(p)
+    if backbone in open_clip.list_models():
+        return backbone
+    close = [m for m in open_clip.list_models() if backbone.lower().replace("/", "-") in m.lower()]
+    hint = f" (did you mean: {', '.join(close[:6])})" if close else ""
+    raise BackboneError(
+        f"unknown backbone {backbone!r}: not an open_clip model name nor a model-config JSON file{hint}"
+    )
+
+
+def _hf_cached_file(hf_hub: str) -> str | None:
+    """The local path of an open_clip pretrained file on the Hugging Face hub, if cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - open_clip depends on it
+        return None
+    repo_id, filename = os.path.split(hf_hub)  # "org/repo/" (default file name) or "org/repo/file"
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    if filename.endswith((".bin", ".pth")):
+        names.insert(0, filename[:-4] + ".safetensors")
+    for n in names:
+        found = try_to_load_from_cache(repo_id=repo_id, filename=n)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_pretrained(model_name: str, pretrained: str) -> tuple[str | None, bool]:
+    """The checkpoint to load (a local file, or None for random weights) and whether the weights
+    were trained with QuickGELU. Fails at once, with a clear message, when weights named by a tag
+    are not cached and cannot be downloaded."""
+    import open_clip
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    if pretrained.strip().lower() in {"", "none", "random"}:
+        return None, False
+    if os.path.isfile(pretrained):
+        return pretrained, False
+    tag_cfg = get_pretrained_cfg(model_name, pretrained)
+    if not tag_cfg:
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        known = f"its tags: {', '.join(tags)}" if tags else "it has no pretrained tags"
+        raise BackboneError(
+            f"pretrained {pretrained!r} is neither a file nor a known tag for {model_name} ({known}); "
+            "use model.pretrained=none for random weights"
+        )
+    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
+    hf_hub = tag_cfg.get("hf_hub", "")
+    cached = _hf_cached_file(hf_hub) if hf_hub else None
+    url = tag_cfg.get("url", "")
+    if cached is None and url:  # open_clip's own download cache for URL-only weights
+        local = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        cached = str(local) if local.is_file() else None
+    if cached:
+        return cached, quick_gelu
+    if _offline() or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if _offline() else "the model hub cannot be reached"
+        raise BackboneError(
+            f"weights {model_name}/{pretrained} are not in the local cache and {why}; download them once "
+            f"with network access, pass a local checkpoint file as model.pretrained, or use "
+            f"model.pretrained=none for random weights"
+        )
+    try:
+        path = download_pretrained(tag_cfg)
+    except Exception as exc:  # network and hub errors of every kind
+        raise BackboneError(f"cannot download weights {model_name}/{pretrained}: {exc}") from None
+    if not path:
+        raise BackboneError(f"no download location known for weights {model_name}/{pretrained}")
+    return path, quick_gelu
+
+
+def create_open_clip(
+    backbone: str, pretrained: str, seed: int = RANDOM_WEIGHTS_SEED
+) -> tuple[nn.Module, str]:
+    """An open_clip model (eval mode, CPU, fp32) and its registered name."""
+    import open_clip
+
+    name = resolve_model_name(backbone)
+    checkpoint_path, quick_gelu = resolve_pretrained(name, pretrained)
+    previous_disable = logging.root.manager.disable
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            if checkpoint_path is None:  # random weights asked for: no "not pretrained" warning
+                logging.disable(logging.WARNING)
+            model = open_clip.create_model(
+                name, pretrained=checkpoint_path, force_quick_gelu=quick_gelu, device="cpu"
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure here is a bad config or checkpoint file
+            raise BackboneError(
+                f"cannot build backbone {backbone} with weights {pretrained}: {exc}"
+            ) from None
+        finally:
+            logging.disable(previous_disable)
+    model.eval()
+    return model, name
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(name: str, context_length: int) -> Callable[..., Tensor]:
+    """open_clip's tokenizer for a model (built once: loading the vocabulary takes a while)."""
+    import open_clip
+
+    return open_clip.get_tokenizer(name, context_length=context_length)
+
+
+def _gather_text_tower(model: nn.Module) -> dict[str, Any]:
+    from open_clip.transformer import TextTransformer
+
+    if hasattr(model, "token_embedding") and hasattr(model, "transformer"):  # open_clip.CLIP
+        return {
+            "token_embedding": model.token_embedding,
+            "positional_embedding": model.positional_embedding,
+            "transformer": model.transformer,
+            "ln_final": model.ln_final,
+            "text_projection": model.text_projection,
+            "pool_type": model.text_pool_type,
+            "eos_id": getattr(model, "text_eos_id", None),
+            "attn_mask": model.attn_mask,
+            "context_length": model.context_length,
+        }
+    text = getattr(model, "text", None)
+    if isinstance(text, TextTransformer) and text.cls_emb is None and not text.use_pad_mask:
+        return {
+            "token_embedding": text.token_embedding,
+            "positional_embedding": text.positional_embedding,
+            "transformer": text.transformer,
+            "ln_final": text.ln_final,
+            "text_projection": text.text_projection,
+            "pool_type": text.pool_type,
+            "eos_id": text.eos_id,
+            "attn_mask": text.attn_mask,
+            "context_length": text.context_length,
+        }
+    raise BackboneError("unsupported text tower: MSTA needs an open_clip TextTransformer")
+
+
+def _plain_self_attention(attn: nn.Module) -> bool:
+    return (
+        isinstance(attn, nn.MultiheadAttention)
+        and attn.batch_first
+        and attn._qkv_same_embed_dim
+        and attn.in_proj_weight is not None
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+    )
+
+
+def self_attention(attn: nn.MultiheadAttention, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+    """``attn(x, x, x, attn_mask=mask, need_weights=False)[0]`` for batch-first ``x`` [N, L, E],
+    computed on the batch-first layout directly (one projection matmul, no transposed copies)."""
+    n, length, e = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(n, length, 3, heads, e // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    if attn_mask is not None:
+        attn_mask = attn_mask.to(q.dtype)
+    dropout = attn.dropout if attn.training else 0.0
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+    o = o.transpose(1, 2).reshape(n, length, e)
+    return F.linear(o, attn.out_proj.weight, attn.out_proj.bias)
+
+
+def run_block(
+    blk: nn.Module,
+    x: Tensor,
+    attn_mask: Tensor | None,
+    hook: BlockHook | None,
+    kind: str,
+    index: int,
+) -> Tensor:
+    """One open_clip residual block (same operations as its own forward) plus the hook output."""
+    h = blk.ln_1(x)
+    if hasattr(blk, "ln_attn"):  # CustomResidualAttentionBlock
+        a = blk.ls_1(blk.ln_attn(blk.attn(h, attn_mask=attn_mask)))
+    elif _plain_self_attention(blk.attn) and not hasattr(blk, "ln_1_kv"):
+        a = blk.ls_1(self_attention(blk.attn, h, attn_mask))
+    else:
+        a = blk.ls_1(blk.attention(q_x=h, attn_mask=attn_mask))
+    y = x + a
+    y = y + blk.ls_2(blk.mlp(blk.ln_2(y)))
+    if hook is not None:
+        extra = hook(kind, index, x, h)
+        if extra is not None:
+            y = y + extra
+    return y
+
+
+class OpenCLIPBackbone(nn.Module):
+    """A frozen open_clip CLIP model run block by block with adapter hooks.
+
+    Frames are encoded independently ([B*T, L, C] tokens per block); the video embedding is the
+    mean of the frame embeddings (not normalised)."""
+
+    def __init__(self, clip: nn.Module, name: str, pretrained: str) -> None:
+        super().__init__()
+        from open_clip.transformer import VisionTransformer
+
+        self.clip = clip
+        self.name = name
+        self.pretrained = pretrained
+        visual = getattr(clip, "visual", None)
+        if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
+            raise BackboneError(
+                f"unsupported vision tower in {name}: MSTA needs an open_clip VisionTransformer "
+                "(timm and ResNet towers are not supported)"
+            )
+        if not visual.transformer.batch_first:
+            raise BackboneError(f"{name}: the vision transformer must be batch-first")
+        _gather_text_tower(clip)  # fails early on an unsupported text tower
+        if not self._text["transformer"].batch_first:
+            raise BackboneError(f"{name}: the text transformer must be batch-first")
+
+        self.vision_width = int(visual.transformer.width)
+        self.text_width = int(self._text["transformer"].width)
+        self.num_vision_blocks = len(visual.transformer.resblocks)
+        self.num_text_blocks = len(self._text["transformer"].resblocks)
+        size = visual.image_size
+        self.image_size = int(size[0] if isinstance(size, tuple | list) else size)
+        self.context_length = int(self._text["context_length"])
+        self.embed_dim = int(visual.output_dim)
+        pre = getattr(visual, "preprocess_cfg", {}) or {}
+        self.image_mean = tuple(pre.get("mean", (0.48145466, 0.4578275, 0.40821073)))
+        self.image_std = tuple(pre.get("std", (0.26862954, 0.26130258, 0.27577711)))
+        self.grad_checkpointing = False
+
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("logit_scale", clip.logit_scale.detach().exp().clone(), persistent=False)
+
+        self.tokenizer = _tokenizer(name, self.context_length)
+
+    @classmethod
+    def create(
+        cls, backbone: str, pretrained: str = "none", seed: int = RANDOM_WEIGHTS_SEED
+    ) -> OpenCLIPBackbone:
+        clip, name = create_open_clip(backbone, pretrained, seed=seed)
+        return cls(clip, name, pretrained)
+
+    # ----------------------------------------------------------------- helpers
+
+    @property
+    def _text(self) -> dict[str, Any]:
+        # Looked up on every use: moving the model (.to, .half) replaces buffers such as the mask.
+        return _gather_text_tower(self.clip)
+
+    def train(self, mode: bool = True) -> OpenCLIPBackbone:
+        # The frozen backbone always runs in eval mode (no dropout, no patch dropout).
+        super().train(False)
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = bool(enable)
+
+    def _run_blocks(
+        self, blocks: nn.ModuleList, x: Tensor, mask: Tensor | None, hook, kind: str, start: int = 0
+    ) -> Tensor:
+        use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
+        for i in range(start, len(blocks)):
+            blk = blocks[i]
+            if use_ckpt:
+                x = checkpoint(run_block, blk, x, mask, hook, kind, i, use_reentrant=False)
+            else:
+                x = run_block(blk, x, mask, hook, kind, i)
+        return x
+
+    def tokens_to_grid(self, x: Tensor, frames: int) -> Tensor:
+        """[B*T, L, C] frame tokens -> [B, T, L, C]."""
+        bt, length, c = x.shape
+        return x.reshape(bt // frames, frames, length, c)
+
+    def grid_to_tokens(self, g: Tensor) -> Tensor:
+        """[B, T, L, C] -> [B*T, L, C]."""
+        b, t, length, c = g.shape
+        return g.reshape(b * t, length, c)
+
+    # ----------------------------------------------------------------- text
+
+    def text_cut_length(self, tokens: Tensor) -> int:
+        """The shortest context that gives exactly the full-context result (causal mask: tokens
+        after the pooled end-of-text token cannot influence it). The full context when the
+        tower pools otherwise or attends both ways."""
+        t = self._text
+        if t["attn_mask"] is None or t["pool_type"] not in ("argmax", "eos"):
+            return tokens.shape[1]
+        if t["pool_type"] == "argmax":
+            pos = tokens.argmax(dim=-1)
+        else:
+            pos = (tokens == t["eos_id"]).int().argmax(dim=-1)
+        return int(pos.max().item()) + 1
+
+    def encode_text_tokens(
+        self,
+        tokens: Tensor,
+        block_hook: BlockHook | None = None,
+        cut: bool = True,
+        frozen_blocks: int = 0,
+        cache: dict | None = None,
+    ) -> Tensor:
+        """[N, context] token ids -> [N, embed_dim] (not normalised).
+
+        ``frozen_blocks``: the number of leading blocks the hook leaves alone. With a ``cache``
+        dict their output (a function of the tokens alone while the weights are frozen) is
+        computed once and reused: a class list is encoded every training step."""
+        from open_clip.transformer import text_global_pool
+
+        t = self._text
+        if cut:
+            tokens = tokens[:, : self.text_cut_length(tokens)]
+        length = tokens.shape[1]
+        blocks = t["transformer"].resblocks
+        mask = t["attn_mask"]
+        if mask is not None:
+            mask = mask[:length, :length]
+        frozen_blocks = min(max(frozen_blocks, 0), len(blocks))
+        x = None
+        key = None
+        if cache is not None and frozen_blocks > 0:
+            key = self._prefix_key(tokens, frozen_blocks)
+            x = cache.get(key)
+        if x is None:
+            cast_dtype = t["transformer"].get_cast_dtype()
+            with torch.set_grad_enabled(torch.is_grad_enabled() and key is None):
+                x = t["token_embedding"](tokens).to(cast_dtype)
+                x = x + t["positional_embedding"][:length].to(cast_dtype)
+                if frozen_blocks:
+                    x = self._run_blocks(blocks[:frozen_blocks], x, mask, None, "text")
+            if key is not None:
+                if len(cache) >= 4:
+                    cache.clear()
+                cache[key] = x.detach()
+        x = self._run_blocks(blocks, x, mask, block_hook, "text", start=frozen_blocks)
+        x = t["ln_final"](x)
+        x = text_global_pool(x, tokens, t["pool_type"], eos_token_id=t["eos_id"])
+        proj = t["text_projection"]
+        if proj is not None:
+            x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return x
+
+    def _prefix_key(self, tokens: Tensor, frozen_blocks: int) -> tuple:
+        dev = tokens.device.type
+        autocast = torch.is_autocast_enabled(dev)
+        dtype = torch.get_autocast_dtype(dev) if autocast else None
+        digest = hashlib.sha1(tokens.detach().cpu().numpy().tobytes()).hexdigest()
+        weights = self._text["transformer"].get_cast_dtype()
+        return (digest, tuple(tokens.shape), str(tokens.device), frozen_blocks, autocast, dtype, weights)
+
+    # ----------------------------------------------------------------- vision
+
+    def encode_frames(self, frames: Tensor, block_hook: BlockHook | None = None) -> Tensor:
+        """[N, 3, H, W] images -> [N, embed_dim] (not normalised)."""
+        visual = self.clip.visual
+        x = visual._embeds(frames)
+        x = self._run_blocks(visual.transformer.resblocks, x, None, block_hook, "vision")
+        pooled, _ = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return pooled
+
+    def encode_video(self, video: Tensor, block_hook: BlockHook | None = None) -> Tensor:
+        """[B, T, 3, H, W] -> [B, embed_dim]: the mean of the frame embeddings (not normalised)."""
+        if video.dim() != 5:
+            raise ValueError(f"video must be [B, T, 3, H, W], got shape {tuple(video.shape)}")
+        b, t = video.shape[:2]
+        emb = self.encode_frames(video.flatten(0, 1), block_hook)
+        return emb.view(b, t, -1).mean(dim=1)

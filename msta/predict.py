@@ -1,0 +1,105 @@
+"""Classify one video: zero-shot with the frozen backbone, or with a trained run's adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from msta.config import Config, load_config
+from msta.train import TrainError, autocast, build_seeded_model, class_names, hflip_for, parse_views
+
+
+def parse_class_option(classes: str | None, classes_file: str | None, cfg: Config) -> list[str]:
+    """``--classes "a,b,c"`` or ``--classes-file FILE`` (any class-list format, or a dataset name)."""
+    if bool(classes) == bool(classes_file):
+        raise TrainError(
+            'give the candidate classes with exactly one of --classes "a,b,c" or --classes-file FILE'
+        )
+    if classes:
+        names = [c.strip() for c in classes.split(",") if c.strip()]
+        if len(names) < 2:
+            raise TrainError("--classes needs at least two comma-separated class names")
+        if len(set(names)) != len(names):
+            raise TrainError("--classes lists a class twice")
+        return names
+    return class_names(classes_file, cfg)
+
+
+def predict(
+    video: str | Path,
+    classes: str | None = None,
+    classes_file: str | None = None,
+    run: str | Path | None = None,
+    configs: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    topk: int = 5,
+    checkpoint: str = "last",
+    views: str = "1x1",
+) -> dict[str, Any]:
+    """Top-k classes with probabilities for one video file (or folder of frames).
+
+    With ``run``: the run's configuration and trained adapters (``checkpoint``: last or best).
+    Without: the backbone of ``configs``/``overrides`` with the adapters switched off (zero-shot).
+    """
+    import torch
+
+    from msta import data as mdata
+    from msta.evaluate import load_run_model, run_config
+    from msta.train import pick_device
+
+    path = Path(video).expanduser()
+    if not path.exists():
+        raise TrainError(f"video not found: {path}")
+    if topk < 1:
+        raise TrainError("--topk must be at least 1")
+    if run is not None:
+        cfg = run_config(run, overrides)
+        mode = f"run {run} ({checkpoint} checkpoint)"
+    else:
+        cfg = load_config(configs, [*overrides, "adapter.branches=none"])
+        mode = "zero-shot"
+    names = parse_class_option(classes, classes_file, cfg)
+    device = pick_device(cfg.run.device)
+    if run is not None:
+        model, info = load_run_model(run, cfg, checkpoint, device)
+        mode += f", epoch {info.get('epoch')}, step {info.get('global_step')}"
+    else:
+        model = build_seeded_model(cfg).to(device).eval()
+    vc = parse_views(views)
+    size = int(model.image_size[0] if isinstance(model.image_size, tuple | list) else model.image_size)
+    try:
+        ds = mdata.VideoDataset(
+            [(path.name, 0)],
+            root=path.parent,
+            num_frames=cfg.model.frames,
+            train=False,
+            input_size=cfg.data.input_size or size,
+            hflip=hflip_for(cfg),
+            decoder=cfg.data.decoder,
+            seed=cfg.run.seed,
+            views=vc,
+            max_retries=0,
+        )
+        sample = ds[0]
+    except mdata.DataError as exc:
+        raise TrainError(f"cannot read {path}: {exc}") from None
+    x = sample["video"].unsqueeze(0).to(device)
+    with torch.no_grad(), autocast(device):
+        text = model.encode_class_prompts(names)
+        if x.dim() == 6:
+            logits = model(x.flatten(0, 1), text).float()
+            probs = logits.softmax(-1).mean(0)
+        else:
+            probs = model(x, text).float().softmax(-1)[0]
+    k = min(topk, len(names))
+    p, idx = probs.topk(k)
+    return {
+        "video": str(path),
+        "mode": mode,
+        "views": views,
+        "predictions": [
+            {"class": names[i], "probability": float(q)}
+            for q, i in zip(p.tolist(), idx.tolist(), strict=True)
+        ],
+    }
