@@ -1,0 +1,1 @@
+"""Integration tests against a real local LLM engine (vLLM's CPU build)."""
