@@ -69,7 +69,14 @@ class DescriptionSet:
 def set_id_for(dataset: str, prompt_fp: str, backend: str, model: str, params: dict, n: int) -> str:
     """Deterministic id of a description set; part of every request key."""
     key = canonical_json(
-        {"dataset": dataset, "prompt": prompt_fp, "backend": backend, "model": model, "params": params, "n": n}
+        {
+            "dataset": dataset,
+            "prompt": prompt_fp,
+            "backend": backend,
+            "model": model,
+            "params": params,
+            "n": n,
+        }
     )
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
@@ -424,7 +431,9 @@ class Store:
         return self.db[table].count
 
     # ------------------------------------------------------------------ descriptions
-    def descriptions(self, set_id: str, class_names: Iterable[str] | None = None) -> dict[str, dict[str, list]]:
+    def descriptions(
+        self, set_id: str, class_names: Iterable[str] | None = None
+    ) -> dict[str, dict[str, list]]:
         """{class name: {"spatial": [text...], "temporal": [text...]}} in index order."""
         out: dict[str, dict[str, list]] = {}
         rows = self.db.query(
@@ -476,7 +485,16 @@ class Store:
             self.conn.execute(
                 "INSERT OR IGNORE INTO encoders (fingerprint, model_name, pretrained, weights_hash, "
                 "context_length, dim, random_weights, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [fingerprint, model_name, pretrained, weights_hash, context_length, dim, int(random_weights), _now()],
+                [
+                    fingerprint,
+                    model_name,
+                    pretrained,
+                    weights_hash,
+                    context_length,
+                    dim,
+                    int(random_weights),
+                    _now(),
+                ],
             )
 
     def get_encoder(self, fingerprint: str) -> dict | None:
@@ -486,7 +504,9 @@ class Store:
     def list_encoders(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM encoders ORDER BY created_at"))
 
-    def texts_missing_embeddings(self, encoder_fp: str, set_ids: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    def texts_missing_embeddings(
+        self, encoder_fp: str, set_ids: Iterable[str] | None = None
+    ) -> list[tuple[str, str]]:
         """(text_hash, text) of descriptions that have no embedding for this encoder yet."""
         sql = (
             "SELECT DISTINCT d.text_hash, d.text FROM descriptions d "
@@ -532,7 +552,8 @@ class Store:
             chunk = hashes[start : start + 500]
             marks = ", ".join("?" for _ in chunk)
             for r in self.db.query(
-                f"SELECT * FROM embeddings WHERE encoder_fp = ? AND text_hash IN ({marks})", [encoder_fp, *chunk]
+                f"SELECT * FROM embeddings WHERE encoder_fp = ? AND text_hash IN ({marks})",
+                [encoder_fp, *chunk],
             ):
                 out[r["text_hash"]] = r
         return out
@@ -586,7 +607,9 @@ class Store:
 
     def distinct_description_count(self, set_id: str) -> int:
         rows = list(
-            self.db.query("SELECT COUNT(DISTINCT text_hash) AS n FROM descriptions WHERE set_id = ?", [set_id])
+            self.db.query(
+                "SELECT COUNT(DISTINCT text_hash) AS n FROM descriptions WHERE set_id = ?", [set_id]
+            )
         )
         return int(rows[0]["n"]) if rows else 0
 

@@ -34,7 +34,9 @@ def test_descgen_never_imports_msta():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
-            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n == "msta" or n.startswith("msta.")]
+            offenders += [
+                f"{path.relative_to(REPO)}: {n}" for n in names if n == "msta" or n.startswith("msta.")
+            ]
     assert offenders == []
 
 
