@@ -27,4 +27,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run through the importable module so that the command modules register on the same app.
+    from descgen.cli import main as _main
+
+    _main()

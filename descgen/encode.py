@@ -169,10 +169,21 @@ def text_weights_hash(model: Any) -> str:
     """sha256 over the text tower's parameters and buffers (name, shape, float32 bytes), sorted by name.
 
     The image tower and the logit scale are left out: embeddings only depend on the text tower.
+    The text tower's activation function is part of the identity too (the same weights run with
+    GELU or QuickGELU give different embeddings).
     """
     import torch
 
     h = hashlib.sha256()
+    acts = sorted(
+        {
+            type(m).__name__
+            for n, m in model.named_modules()
+            if not n.startswith("visual") and "GELU" in type(m).__name__
+        }
+    )
+    if acts and acts != ["GELU"]:
+        h.update(("activation:" + ",".join(acts)).encode("ascii"))
     state = model.state_dict()
     for name in sorted(state):
         if name.startswith("visual.") or name.split(".")[-1] in ("logit_scale", "logit_bias"):
@@ -302,6 +313,8 @@ def load_text_encoder(
                 + (f"; known tags: {', '.join(tags)}" if tags else "")
                 + "; use --pretrained none for random weights"
             )
+        # Weights trained with QuickGELU (OpenAI's) must run with it, whatever the model config says.
+        kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
         local = _cached_tag_file(cfg)
         if local is None and (_offline() or not _hub_reachable()):
             raise EncoderLoadError(
