@@ -96,6 +96,10 @@ def _register_config_file(path: Path) -> str:
     return name
 
 
+# Small model configs shipped with the package, usable by name (``clip-tiny``).
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "presets" / "backbones"
+
+
 def resolve_model_name(backbone: str) -> str:
     """An open_clip model name for ``backbone`` (a name, or a path to a model-config JSON)."""
     import open_clip
@@ -107,6 +111,9 @@ def resolve_model_name(backbone: str) -> str:
         return _register_config_file(p)
     if backbone in open_clip.list_models():
         return backbone
+    shipped = SHIPPED_CONFIGS / f"{backbone}.json"
+    if "/" not in backbone and shipped.is_file():
+        return _register_config_file(shipped)
     close = [m for m in open_clip.list_models() if backbone.lower().replace("/", "-") in m.lower()]
     hint = f" (did you mean: {', '.join(close[:6])})" if close else ""
     raise BackboneError(

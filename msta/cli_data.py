@@ -105,8 +105,8 @@ def check_command(
 @data_app.command("synth")
 def synth_command(
     out: Path = typer.Option(..., "--out", help="Output directory (becomes the video root)."),
-    videos_per_class: int = typer.Option(20, "--videos-per-class", min=1, help="Training videos per class."),
-    val_per_class: int = typer.Option(8, "--val-per-class", min=0, help="Validation videos per class."),
+    videos_per_class: int = typer.Option(40, "--videos-per-class", min=1, help="Training videos per class."),
+    val_per_class: int = typer.Option(16, "--val-per-class", min=0, help="Validation videos per class."),
     frames: int = typer.Option(16, "--frames", min=2, help="Frames per video."),
     size: int = typer.Option(64, "--size", min=16, help="Frame width and height in pixels (even)."),
     fps: int = typer.Option(16, "--fps", min=1, help="Frame rate written to the files."),

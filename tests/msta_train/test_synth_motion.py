@@ -2,7 +2,8 @@
 the direction of motion (each class is the time reversal of another), so a model that ignores
 frame order cannot beat the dataset's frame-averaging ceiling, while MSTA's temporal branch can.
 
-Both trainings run side by side (one thread each) with the ``synth`` preset.
+Both trainings run side by side (one thread each) with the ``synth`` preset; ``msta eval`` reports
+the last checkpoint on the validation list (no checkpoint is picked on it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from . import REPO, msta_cmd, run_msta, subprocess_env
 
 pytestmark = pytest.mark.slow
 
-SYNTH = ["--videos-per-class", "20", "--val-per-class", "8", "--frames", "8"]
+SYNTH = ["--videos-per-class", "40", "--val-per-class", "16", "--frames", "8"]
 
 
 def _train(data: Path, out: Path, temporal: bool) -> subprocess.Popen:
@@ -26,6 +27,7 @@ def _train(data: Path, out: Path, temporal: bool) -> subprocess.Popen:
         "train", "--config", "synth", "--no-progress",
         "--set", f"data.root={data}", "--set", f"run.out={out}",
         "--set", f"adapter.temporal={str(temporal).lower()}", "--set", "loss.consistency_weight=0",
+        "--set", "eval.every=0",  # validate once, after the last epoch: time goes to training
     ]  # fmt: skip
     return subprocess.Popen(
         [*msta_cmd(), *args],
@@ -44,6 +46,7 @@ def test_temporal_branch_learns_motion_that_frame_averaging_cannot(tmp_path):
     assert res.returncode == 0, res.stderr
     manifest = json.loads((data / "manifest.json").read_text())
     ceiling = manifest["frame_order_free_accuracy_ceiling"]
+    assert manifest["counts"] == {"train": 160, "val": 64} and ceiling == 0.5
 
     procs = {t: _train(data, tmp_path / f"run_{t}", t) for t in (True, False)}
     for p in procs.values():
@@ -61,9 +64,4 @@ def test_temporal_branch_learns_motion_that_frame_averaging_cannot(tmp_path):
     # Without the temporal branch the model sees an unordered set of frames: it cannot beat the
     # frame-averaging ceiling (it may not reach it either).
     assert top1[False] <= ceiling + 0.1, top1
-    if top1[True] < 0.9:
-        # Measured on this machine: with the default generator (random textured backgrounds, random
-        # colours and shapes) the random-weight tiny backbone does not even encode where the shape is,
-        # so neither branch leaves chance in CPU minutes. Reported, not hidden.
-        pytest.xfail(f"temporal branch reached top-1 {top1[True]:.3f} (< 0.9) on the default synthetic data")
-    assert top1[True] > top1[False] + 0.2, top1
+    assert top1[True] >= 0.9, top1

@@ -1,0 +1,1 @@
+"""Model configs of small backbones (open_clip format), used by tests and the quickstart."""
