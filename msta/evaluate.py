@@ -279,7 +279,7 @@ def evaluate_run(
             out_splits: dict[str, Any] = {}
             for sp, names, items in prepared:
                 ds = make_dataset(
-                    cfg, items, train=False, image_size=_image_size(model), views=vc, root=sp.root
+                    cfg, items, train=False, image_size=model.image_size, views=vc, root=sp.root
                 )
                 res = evaluate_split(model, ds, names, env, batch_size=bs, num_workers=cfg.data.num_workers)
                 res["list"] = expand(sp.list, cfg)
@@ -366,13 +366,6 @@ def _console():
     from rich.console import Console
 
     return Console(stderr=True)
-
-
-def _image_size(model) -> int:
-    size = getattr(model, "image_size", 224)
-    if isinstance(size, tuple | list):
-        size = size[0]
-    return int(size)
 
 
 def compact(report: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from msta.config import Config, load_config
-from msta.train import TrainError, autocast, build_seeded_model, class_names, hflip_for, parse_views
+from msta.train import TrainError, autocast, build_seeded_model, class_names, make_dataset, parse_views
 
 
 def parse_class_option(classes: str | None, classes_file: str | None, cfg: Config) -> list[str]:
@@ -67,18 +67,14 @@ def predict(
     else:
         model = build_seeded_model(cfg).to(device).eval()
     vc = parse_views(views)
-    size = int(model.image_size[0] if isinstance(model.image_size, tuple | list) else model.image_size)
     try:
-        ds = mdata.VideoDataset(
+        ds = make_dataset(
+            cfg,
             [(path.name, 0)],
-            root=path.parent,
-            num_frames=cfg.model.frames,
             train=False,
-            input_size=cfg.data.input_size or size,
-            hflip=hflip_for(cfg),
-            decoder=cfg.data.decoder,
-            seed=cfg.run.seed,
+            image_size=model.image_size,
             views=vc,
+            root=str(path.parent),
             max_retries=0,
         )
         sample = ds[0]

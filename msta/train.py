@@ -160,6 +160,7 @@ def make_dataset(
     image_size: int,
     views: tuple[int, int] = (1, 1),
     root: str | None = None,
+    max_retries: int = 10,
 ):
     from msta import data as mdata
 
@@ -173,6 +174,7 @@ def make_dataset(
         decoder=cfg.data.decoder,
         seed=cfg.run.seed,
         views=views,
+        max_retries=max_retries,
     )
 
 
@@ -201,26 +203,11 @@ def build_seeded_model(cfg: Config):
     from msta.config import ConfigError
     from msta.model import build_model
 
-    cfg = cfg.model_copy(deep=True)
-    cfg.model.backbone = resolve_backbone(cfg.model.backbone)
     seed_everything(cfg.run.seed)
     try:
         return build_model(cfg)
     except (BackboneError, ConfigError) as exc:
         raise TrainError(str(exc)) from None
-
-
-def resolve_backbone(backbone: str) -> str:
-    """A backbone name that is not a file but names a model config shipped in
-    ``msta/presets/backbones`` (``clip-tiny``) becomes that file's path."""
-    from msta.config import PRESETS_DIR
-
-    if Path(backbone).is_file() or "/" in backbone:
-        return backbone
-    shipped = PRESETS_DIR / "backbones" / f"{Path(backbone).stem}.json"
-    if shipped.is_file() and (backbone.endswith(".json") or backbone == shipped.stem):
-        return str(shipped)
-    return backbone
 
 
 def trainable_parameters(model) -> list:
@@ -641,8 +628,8 @@ def _train(cfg, env, descriptions, resume, progress, torch, DataLoader, D, evalu
     def make_amp():
         return autocast(env.device)
 
-    train_set = make_dataset(cfg, train_items, train=True, image_size=_image_size(model))
-    val_set = make_dataset(cfg, val_items, train=False, image_size=_image_size(model)) if val_items else None
+    train_set = make_dataset(cfg, train_items, train=True, image_size=model.image_size)
+    val_set = make_dataset(cfg, val_items, train=False, image_size=model.image_size) if val_items else None
     eval_bs = cfg.eval.batch_size or max(1, o.batch_size // env.world_size)
 
     def save(names_: tuple[str, ...]) -> None:
@@ -797,13 +784,6 @@ def autocast(device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def _image_size(model) -> int:
-    size = getattr(model, "image_size", 224)
-    if isinstance(size, tuple | list):
-        size = size[0]
-    return int(size)
 
 
 def _acc_add(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +13,23 @@ from pathlib import Path
 import pytest
 
 from descgen.store import DescriptionSet, Store
+
+REPO = Path(__file__).resolve().parents[2]
+# The real command line in a separate process (what a user or a script runs).
+DESCGEN = [sys.executable, "-c", "from descgen.cli import main; main()"]
+
+
+def run_cli_process(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``descgen ARGS`` as a subprocess from the repository root and capture its output."""
+    return subprocess.run(
+        [*DESCGEN, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
 
 TEMPLATE_S = "A video about {}."
 TEMPLATE_T = "A video of {cls} generally involves the following step: {}, which is a sub-step."

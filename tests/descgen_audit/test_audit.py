@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,19 +13,12 @@ from descgen.encode import encode_missing
 from descgen.store import Store
 from descgen.transfer import import_files
 
-from .conftest import make_generated_set, run_cli, sentences, write_classes
+from .conftest import make_generated_set, run_cli, run_cli_process, sentences, write_classes
 
 REPO = Path(__file__).resolve().parents[2]
-DESCGEN = [sys.executable, "-c", "from descgen.cli import main; main()"]
 FILE = re.compile(
     r"^(?P<ds>[a-z0-9]+?)(?:_(?P<split>base|novel))?_(?P<kind>spatial|temporal)_(?P<n>\d+)\.json$"
 )
-
-
-def _subprocess(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*DESCGEN, *args], capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ}
-    )
 
 
 _cli = run_cli
@@ -180,7 +170,7 @@ def test_cli_audit_exit_codes_json_and_table(tmp_path, shared_data):
     assert "1 findings in 1 of 600 classes" in r.stdout
     r = _cli(*base, "--strict")
     assert r.returncode == 1
-    j1 = _subprocess(*base, "--json")
+    j1 = run_cli_process(*base, "--json")
     j2 = _cli(*base, "--json")
     assert j1.returncode == 0 and j1.stdout == j2.stdout
     doc = json.loads(j1.stdout)

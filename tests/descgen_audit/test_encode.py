@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -29,10 +28,9 @@ from descgen.encode import (
 )
 from descgen.store import Store, text_hash
 
-from .conftest import make_generated_set, sentences
+from .conftest import DESCGEN, make_generated_set, run_cli_process, sentences
 
 REPO = Path(__file__).resolve().parents[2]
-DESCGEN = [sys.executable, "-c", "from descgen.cli import main; main()"]
 
 TEXTS = [
     "A video about a dog.",
@@ -204,18 +202,6 @@ def test_select_set(store):
         select_set(store, dataset="other")
 
 
-def _cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    e = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [*DESCGEN, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=e,
-        cwd=REPO,
-    )
-
-
 @pytest.mark.slow
 def test_cli_encode_warns_on_random_weights_and_resumes_after_kill(tmp_path, tiny_clip_config, tiny_encoder):
     db = tmp_path / "c.db"
@@ -265,7 +251,7 @@ def test_cli_encode_warns_on_random_weights_and_resumes_after_kill(tmp_path, tin
         partial = st.count_rows("embeddings")
         assert 10 <= partial < total
         assert st.integrity_check() == "ok"
-    res = _cli(*args[:-3], "--batch-size", "64", "--no-progress")
+    res = run_cli_process(*args[:-3], "--batch-size", "64", "--no-progress")
     assert res.returncode == 0, res.stderr
     assert "RANDOM WEIGHTS" in res.stderr
     assert f"encoded {total - partial} descriptions" in res.stdout
@@ -278,17 +264,17 @@ def test_cli_encode_warns_on_random_weights_and_resumes_after_kill(tmp_path, tin
     ref = encode_texts(tiny_encoder, [classes["c0"][0][0]], batch_size=1)[0].numpy()
     vec = np.frombuffer(rows[text_hash(classes["c0"][0][0])]["vector"], dtype=np.float32)
     assert np.abs(vec - ref).max() < 1e-5
-    again = _cli(*args)
+    again = run_cli_process(*args)
     assert again.returncode == 0 and "encoded 0 descriptions" in again.stdout
 
 
 def test_cli_encode_user_errors(tmp_path):
-    res = _cli("encode", "--cache", str(tmp_path / "none.db"), "--pretrained", "none")
+    res = run_cli_process("encode", "--cache", str(tmp_path / "none.db"), "--pretrained", "none")
     assert res.returncode == 2 and "cache file not found" in res.stderr and "Traceback" not in res.stderr
     db = tmp_path / "c.db"
     Store(db).close()
     t0 = time.monotonic()
-    res = _cli(
+    res = run_cli_process(
         "encode",
         "--cache",
         str(db),
@@ -300,7 +286,7 @@ def test_cli_encode_user_errors(tmp_path):
     )
     assert res.returncode == 2 and "cannot be downloaded" in res.stderr and "Traceback" not in res.stderr
     assert time.monotonic() - t0 < 60
-    res = _cli("encode", "--cache", str(db), "--dataset", "nothing", "--pretrained", "none")
+    res = run_cli_process("encode", "--cache", str(db), "--dataset", "nothing", "--pretrained", "none")
     assert res.returncode == 2 and "no description sets" in res.stderr
 
 

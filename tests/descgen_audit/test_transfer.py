@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,16 +12,9 @@ from descgen.encode import SetSelectionError
 from descgen.store import Store
 from descgen.transfer import TransferError, export_set, import_files
 
-from .conftest import run_cli, write_classes
+from .conftest import run_cli, run_cli_process, write_classes
 
 REPO = Path(__file__).resolve().parents[2]
-DESCGEN = [sys.executable, "-c", "from descgen.cli import main; main()"]
-
-
-def _subprocess(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*DESCGEN, *args], capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ}
-    )
 
 
 _cli = run_cli
@@ -93,7 +83,7 @@ def test_bad_inputs_write_nothing(tmp_path, shared_data):
         json.dumps({"abseiling": ["A video about ropes."], "flying carpet": ["A video about magic."]})
     )
     db = tmp_path / "c.db"
-    res = _subprocess(
+    res = run_cli_process(
         "import",
         "--cache",
         str(db),

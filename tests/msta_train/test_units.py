@@ -14,7 +14,7 @@ import torch
 from msta import checkpoint as ckpt
 from msta.config import PRESETS_DIR, load_config
 from msta.distributed import ShardedOrder
-from msta.train import TrainState, expand, lr_factor, resolve_backbone
+from msta.train import TrainState, expand, lr_factor
 
 # --------------------------------------------------------------------------- schedule
 
@@ -148,8 +148,18 @@ def test_paths_expand_data_dir_and_root(tmp_path, monkeypatch):
 
 
 def test_shipped_backbone_name_resolves_to_its_config():
-    assert Path(resolve_backbone("clip-tiny")) == PRESETS_DIR / "backbones" / "clip-tiny.json"
-    assert resolve_backbone("ViT-B-16") == "ViT-B-16"
+    import json
+
+    import open_clip
+
+    from msta.backbone import BackboneError, resolve_model_name
+
+    assert resolve_model_name("clip-tiny") == "clip-tiny"
+    shipped = json.loads((PRESETS_DIR / "backbones" / "clip-tiny.json").read_text())
+    assert open_clip.get_model_config("clip-tiny") == shipped
+    assert resolve_model_name("ViT-B-16") == "ViT-B-16"
+    with pytest.raises(BackboneError, match="unknown backbone"):
+        resolve_model_name("clip-nonexistent")
 
 
 PROTOCOLS = {
