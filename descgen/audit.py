@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from descgen.encode import set_kinds
+from descgen.errors import DescgenError
 from descgen.store import DescriptionSet, Store, text_hash
 
 CHECKS = ("missing", "count", "empty", "duplicate", "near_duplicate", "too_long", "invalid", "error", "leak")
@@ -466,12 +467,14 @@ def load_pricing(path: str | None = None) -> dict[str, dict[str, float]]:
     from pathlib import Path
 
     source = Path(path) if path else Path(__file__).resolve().parent / "pricing.toml"
-    text = source.read_text(encoding="utf-8")
-    data = tomllib.loads(text)
-    out: dict[str, dict[str, float]] = {}
-    for key, val in (data.get("models") or {}).items():
-        if isinstance(val, dict) and "input" in val and "output" in val:
-            out[str(key)] = {"input": float(val["input"]), "output": float(val["output"])}
+    try:
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
+        out: dict[str, dict[str, float]] = {}
+        for key, val in (data.get("models") or {}).items():
+            if isinstance(val, dict) and "input" in val and "output" in val:
+                out[str(key)] = {"input": float(val["input"]), "output": float(val["output"])}
+    except (OSError, ValueError) as exc:  # TOMLDecodeError is a ValueError
+        raise DescgenError(f"cannot read the price table: {exc}") from None
     return out
 
 

@@ -1,4 +1,4 @@
-"""CLI commands: ``generate``, ``datasets`` and ``prompts list|show|diff`` (registered on import)."""
+"""Command functions: ``generate``, ``datasets`` and ``prompts list|show|diff`` (registered by descgen.cli)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,9 @@ from pathlib import Path
 
 import typer
 
-from descgen.cli import app, prompts_app
+from descgen.errors import DescgenError
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-@app.command()
 def generate(
     dataset: str | None = typer.Option(
         None, "--dataset", help="Built-in dataset (k400 k600 hmdb51 ucf101 ssv2), or the name of --classes."
@@ -63,52 +57,49 @@ def generate(
         False, "--force", help="Request every class again and replace its descriptions."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and write nothing."),
+    as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as one JSON object."),
     vllm_opt: list[str] | None = typer.Option(
         None, "--vllm-opt", help="KEY=VALUE passed to the vllm engine (repeatable)."
     ),
 ) -> None:
     """Write N spatial and N temporal descriptions per class into the cache (re-runs cost nothing)."""
-    from descgen.generate import GenerateInputError, parse_options
-    from descgen.generate import generate as run_generate
+    from descgen.generate import Summary, run_plan
+    from descgen.plan import parse_options, plan
 
-    try:
-        opts = parse_options(vllm_opt)
-        summary = run_generate(
-            dataset=dataset,
-            classes_file=classes,
-            data_dir=data_dir,
-            cache=cache,
-            prompt=prompt,
-            n=n,
-            backend=backend,
-            model=model,
-            base_url=base_url,
-            temperature=temperature,
-            seed=seed,
-            max_tokens=max_tokens,
-            concurrency=concurrency,
-            timeout=timeout,
-            max_attempts=max_attempts,
-            max_invalid=max_invalid,
-            force=force,
-            dry_run=dry_run,
-            vllm_options=opts,
-            progress=not dry_run,
-            out=sys.stdout if dry_run else sys.stderr,
-        )
-    except GenerateInputError as exc:
-        _fail(str(exc))
-        return
-    except KeyboardInterrupt:
+    options = {
+        "base_url": base_url,
+        "concurrency": concurrency,
+        "timeout": timeout,
+        "max_attempts": max_attempts,
+        "vllm_options": parse_options(vllm_opt),
+    }
+    p = plan(
+        dataset=dataset,
+        classes_file=classes,
+        data_dir=data_dir,
+        cache=cache,
+        prompt=prompt,
+        n=n,
+        backend=backend,
+        model=model,
+        temperature=temperature,
+        seed=seed,
+        max_tokens=max_tokens,
+        max_invalid=max_invalid,
+        force=force,
+    )
+    if as_json and not dry_run:
+        raise DescgenError("--json needs --dry-run (it prints the plan)")
+    if dry_run:
         typer.echo(
-            "interrupted: finished classes are saved; run the same command again to complete", err=True
+            p.to_json() if as_json else "\n".join([*p.text_lines(), Summary.of(p, dry_run=True).line()])
         )
-        raise typer.Exit(130) from None
+        return
+    summary = run_plan(p, options, progress=True, out=sys.stderr)
     typer.echo(summary.line())
     raise typer.Exit(summary.exit_code)
 
 
-@app.command("datasets")
 def datasets_cmd(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Data directory [env MSTA_DATA_DIR, default ./data]."
@@ -129,21 +120,14 @@ def datasets_cmd(
         typer.echo(f"{row['name']:<8} {count:<14} {row['description']}")
 
 
-@prompts_app.command("list")
 def prompts_list() -> None:
     """List the shipped prompt files."""
-    from descgen.prompts import PromptError, list_prompts
+    from descgen.prompts import list_prompts
 
-    try:
-        prompts = list_prompts()
-    except PromptError as exc:
-        _fail(str(exc))
-        return
-    for p in prompts:
+    for p in list_prompts():
         typer.echo(f"{Path(p.source).stem:<20} {p.fingerprint[:12]}  {p.description}")
 
 
-@prompts_app.command("show")
 def prompts_show(
     name: str = typer.Argument(
         ..., help="Prompt name, file stem, path to a .toml file, or (with --cache) a fingerprint."
@@ -153,37 +137,35 @@ def prompts_show(
     ),
 ) -> None:
     """Show a prompt's canonical content and fingerprint."""
-    from descgen.prompts import PromptError, load_prompt, prompt_from_content
+    from descgen.prompts import PromptError, load_prompt
 
     try:
         p = load_prompt(name)
     except PromptError as exc:
         if cache is None:
-            _fail(str(exc))
-            return
-        from descgen.store import Store, StoreError
-
-        try:
-            with Store(cache, create=False) as store:
-                rows = [r for r in store.list_prompts() if r["fingerprint"].startswith(name.lower())]
-        except StoreError as err:
-            _fail(str(err))
-            return
-        if len(rows) != 1:
-            found = "no prompt" if not rows else f"{len(rows)} prompts"
-            _fail(f"{exc}; {found} in {cache} with a fingerprint starting {name!r}")
-            return
-        try:
-            p = prompt_from_content(rows[0]["content"], source=f"{cache} (stored)")
-        except (PromptError, ValueError) as err:
-            _fail(f"the prompt stored in {cache} cannot be read: {err}")
-            return
+            raise
+        p = _stored_prompt(cache, name, exc)
     typer.echo(f"# {p.label}  sha256 {p.fingerprint}")
     typer.echo(f"# source {p.source}")
     typer.echo(p.text, nl=False)
 
 
-@prompts_app.command("diff")
+def _stored_prompt(cache: Path, prefix: str, not_found: Exception):
+    """The prompt stored in ``cache`` whose fingerprint starts with ``prefix`` (exactly one)."""
+    from descgen.prompts import PromptError, prompt_from_content
+    from descgen.store import Store
+
+    with Store(cache, create=False) as store:
+        rows = [r for r in store.list_prompts() if r["fingerprint"].startswith(prefix.lower())]
+    if len(rows) != 1:
+        found = "no prompt" if not rows else f"{len(rows)} prompts"
+        raise DescgenError(f"{not_found}; {found} in {cache} with a fingerprint starting {prefix!r}")
+    try:
+        return prompt_from_content(rows[0]["content"], source=f"{cache} (stored)")
+    except (PromptError, ValueError) as err:
+        raise DescgenError(f"the prompt stored in {cache} cannot be read: {err}") from None
+
+
 def prompts_diff(
     a: str = typer.Argument(..., help="First prompt (name, stem or path)."),
     b: str = typer.Argument(..., help="Second prompt (name, stem or path)."),
@@ -192,14 +174,10 @@ def prompts_diff(
     ),
 ) -> None:
     """Unified diff of two prompt versions (and, with --cache, what each produced)."""
-    from descgen.prompts import PromptError, diff_prompts, load_prompt
-    from descgen.store import Store, StoreError
+    from descgen.prompts import diff_prompts, load_prompt
+    from descgen.store import Store
 
-    try:
-        pa, pb = load_prompt(a), load_prompt(b)
-    except PromptError as exc:
-        _fail(str(exc))
-        return
+    pa, pb = load_prompt(a), load_prompt(b)
     text = diff_prompts(pa, pb)
     typer.echo(
         text if text else f"{pa.label} and {pb.label} have the same content ({pa.fingerprint[:12]})",
@@ -207,12 +185,7 @@ def prompts_diff(
     )
     if cache is None:
         return
-    try:
-        store = Store(cache, create=False)
-    except StoreError as exc:
-        _fail(str(exc))
-        return
-    with store:
+    with Store(cache, create=False) as store:
         for p in (pa, pb):
             sets = store.list_sets(prompt_fp_prefix=p.fingerprint)
             total = 0

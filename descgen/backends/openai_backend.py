@@ -79,6 +79,13 @@ def parse_retry_after(headers: Any) -> float | None:
 
 class OpenAIBackend:
     name = "openai"
+    default_model: str | None = DEFAULT_MODEL
+    model_hint = ""
+    option_names = ("base_url", "concurrency", "timeout", "max_attempts")
+
+    @classmethod
+    def from_options(cls, model: str, options: dict[str, Any]) -> OpenAIBackend:
+        return cls(model=model, **{k: v for k, v in options.items() if k in cls.option_names})
 
     def __init__(
         self,
