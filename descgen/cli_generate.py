@@ -9,70 +9,68 @@ import typer
 
 from descgen.errors import DescgenError
 
+_O = typer.Option
+DatasetOpt = _O(
+    None, "--dataset", help="Built-in dataset (k400 k600 hmdb51 ucf101 ssv2), or the name of --classes."
+)
+ClassesOpt = _O(
+    None, "--classes", help="Class list file: id,name CSV, one name per line, classInd.txt or labels.json."
+)
+DataDirOpt = _O(
+    None, "--data-dir", help="Data directory with labels/{dataset}.csv [env MSTA_DATA_DIR, default ./data]."
+)
+CacheOpt = _O(Path("cache/descriptions.db"), "--cache", help="SQLite cache file.")
+PromptOpt = _O(
+    None, "--prompt", help="Shipped prompt name or path to a .toml prompt file [default msta-general-v1]."
+)
+NOpt = _O(2, "--n", help="Spatial and temporal phrases per class.")
+BackendOpt = _O("openai", "--backend", help="openai (hosted or any compatible server) or vllm (in-process).")
+ModelOpt = _O(None, "--model", help="Model name [openai default gpt-4o-mini; required for vllm].")
+BaseUrlOpt = _O(
+    None, "--base-url", help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."
+)
+TemperatureOpt = _O(None, "--temperature", help="Override the prompt's temperature.")
+SeedOpt = _O(None, "--seed", help="Override the prompt's seed.")
+MaxTokensOpt = _O(None, "--max-tokens", help="Override the prompt's max tokens.")
+ConcurrencyOpt = _O(8, "--concurrency", help="Requests in flight at once (openai).")
+TimeoutOpt = _O(60.0, "--timeout", help="Seconds before one request attempt is abandoned (openai).")
+MaxAttemptsOpt = _O(5, "--max-attempts", help="Attempts per request on 429, 5xx and timeouts (openai).")
+MaxInvalidOpt = _O(2, "--max-invalid", help="Re-requests (with a new seed) after an invalid answer.")
+ForceOpt = _O(False, "--force", help="Request every class again and replace its descriptions.")
+DryRunOpt = _O(False, "--dry-run", help="Print the plan and write nothing.")
+JsonOpt = _O(False, "--json", help="With --dry-run: print the plan as one JSON object.")
+VllmOpt = _O(None, "--vllm-opt", help="KEY=VALUE passed to the vllm engine (repeatable).")
+
 
 def generate(
-    dataset: str | None = typer.Option(
-        None, "--dataset", help="Built-in dataset (k400 k600 hmdb51 ucf101 ssv2), or the name of --classes."
-    ),
-    classes: Path | None = typer.Option(
-        None,
-        "--classes",
-        help="Class list file: id,name CSV, one name per line, classInd.txt or labels.json.",
-    ),
-    data_dir: Path | None = typer.Option(
-        None,
-        "--data-dir",
-        help="Data directory with labels/{dataset}.csv [env MSTA_DATA_DIR, default ./data].",
-    ),
-    cache: Path = typer.Option(Path("cache/descriptions.db"), "--cache", help="SQLite cache file."),
-    prompt: str | None = typer.Option(
-        None, "--prompt", help="Shipped prompt name or path to a .toml prompt file [default msta-general-v1]."
-    ),
-    n: int = typer.Option(2, "--n", help="Spatial and temporal phrases per class."),
-    backend: str = typer.Option(
-        "openai", "--backend", help="openai (hosted or any compatible server) or vllm (in-process)."
-    ),
-    model: str | None = typer.Option(
-        None, "--model", help="Model name [openai default gpt-4o-mini; required for vllm]."
-    ),
-    base_url: str | None = typer.Option(
-        None, "--base-url", help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."
-    ),
-    temperature: float | None = typer.Option(
-        None, "--temperature", help="Override the prompt's temperature."
-    ),
-    seed: int | None = typer.Option(None, "--seed", help="Override the prompt's seed."),
-    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Override the prompt's max tokens."),
-    concurrency: int = typer.Option(8, "--concurrency", help="Requests in flight at once (openai)."),
-    timeout: float = typer.Option(
-        60.0, "--timeout", help="Seconds before one request attempt is abandoned (openai)."
-    ),
-    max_attempts: int = typer.Option(
-        5, "--max-attempts", help="Attempts per request on 429, 5xx and timeouts (openai)."
-    ),
-    max_invalid: int = typer.Option(
-        2, "--max-invalid", help="Re-requests (with a new seed) after an invalid answer."
-    ),
-    force: bool = typer.Option(
-        False, "--force", help="Request every class again and replace its descriptions."
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and write nothing."),
-    as_json: bool = typer.Option(False, "--json", help="With --dry-run: print the plan as one JSON object."),
-    vllm_opt: list[str] | None = typer.Option(
-        None, "--vllm-opt", help="KEY=VALUE passed to the vllm engine (repeatable)."
-    ),
+    dataset: str | None = DatasetOpt,
+    classes: Path | None = ClassesOpt,
+    data_dir: Path | None = DataDirOpt,
+    cache: Path = CacheOpt,
+    prompt: str | None = PromptOpt,
+    n: int = NOpt,
+    backend: str = BackendOpt,
+    model: str | None = ModelOpt,
+    base_url: str | None = BaseUrlOpt,
+    temperature: float | None = TemperatureOpt,
+    seed: int | None = SeedOpt,
+    max_tokens: int | None = MaxTokensOpt,
+    concurrency: int = ConcurrencyOpt,
+    timeout: float = TimeoutOpt,
+    max_attempts: int = MaxAttemptsOpt,
+    max_invalid: int = MaxInvalidOpt,
+    force: bool = ForceOpt,
+    dry_run: bool = DryRunOpt,
+    as_json: bool = JsonOpt,
+    vllm_opt: list[str] | None = VllmOpt,
 ) -> None:
     """Write N spatial and N temporal descriptions per class into the cache (re-runs cost nothing)."""
     from descgen.generate import Summary, run_plan
     from descgen.plan import parse_options, plan
 
-    options = {
-        "base_url": base_url,
-        "concurrency": concurrency,
-        "timeout": timeout,
-        "max_attempts": max_attempts,
-        "vllm_options": parse_options(vllm_opt),
-    }
+    vllm_options = parse_options(vllm_opt)
+    if as_json and not dry_run:
+        raise DescgenError("--json needs --dry-run (it prints the plan)")
     p = plan(
         dataset=dataset,
         classes_file=classes,
@@ -88,14 +86,12 @@ def generate(
         max_invalid=max_invalid,
         force=force,
     )
-    if as_json and not dry_run:
-        raise DescgenError("--json needs --dry-run (it prints the plan)")
     if dry_run:
-        typer.echo(
-            p.to_json() if as_json else "\n".join([*p.text_lines(), Summary.of(p, dry_run=True).line()])
-        )
+        text = p.to_json() if as_json else "\n".join([*p.text_lines(), Summary.of(p, dry_run=True).line()])
+        typer.echo(text)
         return
-    summary = run_plan(p, options, progress=True, out=sys.stderr)
+    options = dict(base_url=base_url, concurrency=concurrency, timeout=timeout, max_attempts=max_attempts)
+    summary = run_plan(p, {**options, "vllm_options": vllm_options}, progress=True, out=sys.stderr)
     typer.echo(summary.line())
     raise typer.Exit(summary.exit_code)
 
