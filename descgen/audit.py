@@ -360,7 +360,6 @@ CHECK_TABLE: tuple[Check, ...] = (
     Check("error", partial(_check_failed, "error")),
     Check("leak", _check_leak),
 )
-CHECKS = tuple(c.name for c in CHECK_TABLE)
 
 
 def audit_set(

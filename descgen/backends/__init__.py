@@ -16,7 +16,6 @@ from typing import Any
 from descgen.backends.base import Backend, BackendError, BackendFactory, Request, Response
 
 __all__ = [
-    "BACKENDS",
     "Backend",
     "BackendError",
     "BackendFactory",
@@ -34,7 +33,6 @@ _REGISTRY: dict[str, str] = {
     "openai": "descgen.backends.openai_backend:OpenAIBackend",
     "vllm": "descgen.backends.vllm_backend:VLLMBackend",
 }
-BACKENDS = tuple(_REGISTRY)  # the built-in names
 
 # Environment variables whose values must never be written anywhere.
 SECRET_ENV_VARS = ("OPENAI_API_KEY", "OPENAI_ADMIN_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -69,10 +67,6 @@ def register_backend(name: str, target: str) -> None:
     _REGISTRY[name] = target
 
 
-def backend_names() -> list[str]:
-    return list(_REGISTRY)
-
-
 def backend_class(name: str) -> BackendFactory:
     """The class of backend ``name``; BackendError for an unknown name or a broken install."""
     target = _REGISTRY.get(name)
@@ -104,4 +98,5 @@ def create_backend(name: str, model: str | None, options: dict[str, Any] | None 
 
 def get_backend(name: str, **kwargs: Any) -> Backend:
     """Create a backend by name with its constructor's keyword arguments."""
-    return backend_class(name)(**kwargs)
+    cls: Any = backend_class(name)
+    return cls(**kwargs)

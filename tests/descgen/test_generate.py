@@ -529,6 +529,49 @@ def test_a_file_that_is_not_a_cache_is_refused(fake_openai: FakeOpenAI, tmp_path
     assert cache.read_bytes() == before and fake_openai.count() == 0
 
 
+class EchoBackend:
+    """A backend that answers every request with valid phrases (registered by name in a test)."""
+
+    name = "echo"
+    default_model = "echo-1"
+    model_hint = ""
+    option_names = ("concurrency",)
+    made: list[EchoBackend] = []
+
+    def __init__(self, model: str, concurrency: int = 1) -> None:
+        self.model, self.concurrency, self.sent = model, concurrency, 0
+        EchoBackend.made.append(self)
+
+    @classmethod
+    def from_options(cls, model: str, options: dict) -> EchoBackend:
+        return cls(model, **options)
+
+    def run(self, requests, on_done) -> None:
+        import json
+
+        from descgen.backends import Response
+
+        for r in requests:
+            self.sent += 1
+            on_done(Response(key=r.key, text=json.dumps(phrases_for(r.key, 2)), prompt_tokens=5))
+
+
+def test_a_registered_backend_is_used_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from descgen import backends
+
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    backends.register_backend("echo", f"{__name__}:EchoBackend")
+    EchoBackend.made.clear()
+    classes = _classes(tmp_path, 3)
+    s = generate(classes_file=classes, cache=tmp_path / "c.db", backend="echo", concurrency=5, base_url="x")
+    assert (s.done, s.failed, s.backend, s.model, s.prompt_tokens) == (3, 0, "echo", "echo-1", 15)
+    (be,) = EchoBackend.made
+    assert (be.concurrency, be.sent) == (5, 3)  # only the options it takes reach it
+    with Store(tmp_path / "c.db") as st:
+        (dset,) = st.list_sets()
+        assert (dset.backend, dset.model) == ("echo", "echo-1") and len(st.completed_classes(dset.id)) == 3
+
+
 def test_vllm_backend_without_vllm_says_how_to_install(tmp_path: Path) -> None:
     import importlib.util
 
