@@ -80,97 +80,50 @@ def _class_file(directory: Path, count: int) -> Path:
     return path
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--classes", type=int, default=400)
-    ap.add_argument("--c1-classes", type=int, default=50, help="classes for concurrency 1 (400 takes 80 s)")
-    ap.add_argument("--latency", type=float, default=0.2)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    args = ap.parse_args()
+def _concurrency_run(fake: ServerProcess, tmpdir: Path, count: int, conc: int, latency: float) -> tuple:
+    """Generate ``count`` classes at concurrency ``conc`` into a new cache; one row of the table."""
+    classes = _class_file(tmpdir, count)
+    cache = tmpdir / f"c{conc}.db"
+    fake.reset_log()
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    s = generate(
+        classes_file=classes,
+        dataset="bench",
+        cache=cache,
+        base_url=fake.url,
+        model="fake-model",
+        concurrency=conc,
+        timeout=30,
+    )
+    wall = time.perf_counter() - t0
+    cpu_ms = (time.process_time() - c0) / count * 1000
+    assert s.done == count and s.failed == 0, s.line()
+    ideal = math.ceil(count / conc) * latency
+    return (f"concurrency {conc}", count, fake.count(), fake.max_in_flight, wall, ideal, ideal / wall, cpu_ms)
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp, ServerProcess(args.latency) as fake:
-        tmpdir = Path(tmp)
-        os.environ["OPENAI_API_KEY"] = fake.api_key
-        # Warm-up: imports (openai alone takes about a second) and the first connection.
-        generate(
-            classes_file=_class_file(tmpdir, 2),
-            dataset="warmup",
-            cache=tmpdir / "warmup.db",
-            base_url=fake.url,
-            model="fake-model",
-        )
-        last: dict | None = None
-        for conc in args.concurrency:
-            count = args.c1_classes if conc == 1 else args.classes
-            classes = _class_file(tmpdir, count)
-            cache = tmpdir / f"c{conc}.db"
-            fake.reset_log()
-            c0 = time.process_time()
-            t0 = time.perf_counter()
-            s = generate(
-                classes_file=classes,
-                dataset="bench",
-                cache=cache,
-                base_url=fake.url,
-                model="fake-model",
-                concurrency=conc,
-                timeout=30,
-            )
-            wall = time.perf_counter() - t0
-            cpu_ms = (time.process_time() - c0) / count * 1000
-            assert s.done == count and s.failed == 0, s.line()
-            ideal = math.ceil(count / conc) * args.latency
-            rows.append(
-                (
-                    f"concurrency {conc}",
-                    count,
-                    fake.count(),
-                    fake.max_in_flight,
-                    wall,
-                    ideal,
-                    ideal / wall,
-                    cpu_ms,
-                )
-            )
-            last = {"classes": classes, "cache": cache, "count": count, "conc": conc}
 
-        assert last is not None
-        fake.reset_log()
-        t0 = time.perf_counter()
-        s = generate(
-            classes_file=last["classes"],
-            dataset="bench",
-            cache=last["cache"],
-            base_url=fake.url,
-            model="fake-model",
-        )
-        wall = time.perf_counter() - t0
-        assert s.cached == last["count"] and fake.count() == 0
-        rows.append(("cached re-run (function)", last["count"], fake.count(), 0, wall, None, None, None))
+def _cached_runs(fake: ServerProcess, classes: Path, cache: Path, count: int) -> list[tuple]:
+    """Re-run a complete set, as the Python function and as a ``descgen generate`` process."""
+    fake.reset_log()
+    t0 = time.perf_counter()
+    s = generate(classes_file=classes, dataset="bench", cache=cache, base_url=fake.url, model="fake-model")
+    wall = time.perf_counter() - t0
+    assert s.cached == count and fake.count() == 0
+    rows = [("cached re-run (function)", count, fake.count(), 0, wall, None, None, None)]
+    script = Path(sys.executable).with_name("descgen")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-c", "from descgen.cli import main; main()"]
+    cmd += ["generate", "--classes", str(classes), "--dataset", "bench", "--cache", str(cache)]
+    cmd += ["--base-url", fake.url, "--model", "fake-model"]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    wall = time.perf_counter() - t0
+    assert r.returncode == 0 and f"{count} cached" in r.stdout, r.stdout + r.stderr
+    rows.append(("cached re-run (process)", count, fake.count(), 0, wall, None, None, None))
+    return rows
 
-        script = Path(sys.executable).with_name("descgen")
-        cmd = (
-            [str(script)]
-            if script.exists()
-            else [sys.executable, "-c", "from descgen.cli import main; main()"]
-        )
-        cmd += [
-            "generate",
-            "--classes",
-            str(last["classes"]),
-            "--dataset",
-            "bench",
-            "--cache",
-            str(last["cache"]),
-        ]
-        cmd += ["--base-url", fake.url, "--model", "fake-model"]
-        t0 = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-        wall = time.perf_counter() - t0
-        assert r.returncode == 0 and f"{last['count']} cached" in r.stdout, r.stdout + r.stderr
-        rows.append(("cached re-run (process)", last["count"], fake.count(), 0, wall, None, None, None))
 
+def _print_table(args: argparse.Namespace, rows: list[tuple]) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"descgen generate against a loopback server, {args.latency * 1000:.0f} ms per request "
@@ -194,6 +147,35 @@ def main() -> None:
     print(
         "CPU ms/class: CPU time of this process per class (client, validation, SQLite); the server runs apart"
     )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--classes", type=int, default=400)
+    ap.add_argument("--c1-classes", type=int, default=50, help="classes for concurrency 1 (400 takes 80 s)")
+    ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    args = ap.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, ServerProcess(args.latency) as fake:
+        tmpdir = Path(tmp)
+        os.environ["OPENAI_API_KEY"] = fake.api_key
+        # Warm-up: imports (openai alone takes about a second) and the first connection.
+        generate(
+            classes_file=_class_file(tmpdir, 2),
+            dataset="warmup",
+            cache=tmpdir / "warmup.db",
+            base_url=fake.url,
+            model="fake-model",
+        )
+        for conc in args.concurrency:
+            count = args.c1_classes if conc == 1 else args.classes
+            rows.append(_concurrency_run(fake, tmpdir, count, conc, args.latency))
+        last_count = rows[-1][1]
+        last_conc = args.concurrency[-1]
+        rows += _cached_runs(fake, _class_file(tmpdir, last_count), tmpdir / f"c{last_conc}.db", last_count)
+    _print_table(args, rows)
 
 
 if __name__ == "__main__":

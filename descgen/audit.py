@@ -24,16 +24,18 @@ JSON shape (``AuditReport.to_dict``), with sorted keys::
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from descgen.encode import set_kinds
+from descgen.errors import DescgenError
 from descgen.store import DescriptionSet, Store, text_hash
 
-CHECKS = ("missing", "count", "empty", "duplicate", "near_duplicate", "too_long", "invalid", "error", "leak")
 DEFAULT_NEAR_DUP = 0.95
 DEFAULT_TOKENIZER_MODEL = "ViT-B-16"
 DEFAULT_CONTEXT = 77
@@ -180,6 +182,186 @@ def _pick_encoder(store: Store, set_: DescriptionSet, encoder_fp: str | None) ->
     return used[0] if used else None
 
 
+@dataclass
+class AuditContext:
+    """What the checks read: the set's descriptions, failed requests, embeddings and tokenizer."""
+
+    set: DescriptionSet
+    classes: list[str]  # the class list first, then classes found only in the cache
+    descs: dict[str, dict[str, list[str]]]  # class -> kind -> sentences
+    gen_of: dict[tuple[str, str, int], int]  # (class, kind, index) -> generation id
+    failed: dict[str, list[dict]]  # class -> its failed requests, for classes with no valid answer
+    kinds: Sequence[str]
+    encoder: dict | None  # the encoder whose embeddings are used, if any
+    context: int  # the encoder's context length in tokens
+    counter: _TokenCounter | None
+    embeddings: dict[str, dict]  # text hash -> embedding row of ``encoder``
+    near_dup_threshold: float = DEFAULT_NEAR_DUP
+
+    def texts(self, class_name: str, kind: str) -> list[str]:
+        return self.descs.get(class_name, {}).get(kind, [])
+
+    def sentences(self, kinds: Sequence[str] | None = None):
+        """(class, kind, index, text, generation id) of every description, in class-list order."""
+        for c in self.classes:
+            for kind in kinds or self.kinds:
+                for i, t in enumerate(self.texts(c, kind)):
+                    yield c, kind, i, t, self.gen_of.get((c, kind, i))
+
+    def tokens(self, text: str) -> int | None:
+        return self.counter.count(text) if self.counter is not None and self.counter.available else None
+
+
+def _context(
+    store: Store,
+    set_: DescriptionSet,
+    class_names: Sequence[str] | None,
+    encoder_fp: str | None,
+    near_dup_threshold: float,
+    use_tokenizer: bool,
+) -> AuditContext:
+    descs = store.descriptions(set_.id)
+    gens = store.generations(set_.id)
+    classes = list(class_names) if class_names is not None else []
+    classes += sorted((set(descs) | {g["class_name"] for g in gens}) - set(classes))
+    ok_classes = {g["class_name"] for g in gens if g["status"] in ("ok", "superseded")}
+    failed: dict[str, list[dict]] = {}
+    for g in gens:
+        if g["status"] in ("invalid", "error") and g["class_name"] not in ok_classes:
+            failed.setdefault(g["class_name"], []).append(g)
+    kinds = set_kinds(set_)
+    enc = _pick_encoder(store, set_, encoder_fp)
+    context = int(enc["context_length"]) if enc else DEFAULT_CONTEXT
+    hashes = [text_hash(t) for c in descs.values() for k in kinds for t in c.get(k, [])]
+    return AuditContext(
+        set=set_,
+        classes=classes,
+        descs=descs,
+        gen_of={
+            (r["class_name"], r["kind"], r["idx"]): r["generation_id"]
+            for r in store.description_rows(set_.id)
+        },
+        failed=failed,
+        kinds=kinds,
+        encoder=enc,
+        context=context,
+        counter=_TokenCounter(enc["model_name"] if enc else None, context) if use_tokenizer else None,
+        embeddings=store.get_embeddings(enc["fingerprint"], hashes) if enc else {},
+        near_dup_threshold=near_dup_threshold,
+    )
+
+
+# ---------------------------------------------------------------------- the checks
+
+
+def _check_missing(ctx: AuditContext) -> Iterable[Finding]:
+    for c in ctx.classes:
+        for kind in ctx.kinds:
+            if not ctx.texts(c, kind):
+                yield Finding(c, kind, "missing", f"no {kind} descriptions")
+
+
+def _check_count(ctx: AuditContext) -> Iterable[Finding]:
+    n = ctx.set.n
+    for c in ctx.classes:
+        for kind in ctx.kinds:
+            texts = ctx.texts(c, kind)
+            if texts and len(texts) != n:
+                msg = f"{len(texts)} {kind} descriptions, expected {n}"
+                yield Finding(c, kind, "count", msg, generation_id=ctx.gen_of.get((c, kind, 0)))
+
+
+def _check_empty(ctx: AuditContext) -> Iterable[Finding]:
+    for c, kind, i, t, gid in ctx.sentences():
+        if not t.strip() or not strip_frame(t):
+            yield Finding(c, kind, "empty", f"description {i + 1} is empty: {t!r}", i, None, gid)
+
+
+def _check_duplicate(ctx: AuditContext) -> Iterable[Finding]:
+    seen: dict[tuple[str, str, str], int] = {}
+    for c, kind, i, t, gid in ctx.sentences():
+        key = (c, kind, _norm_sentence(t))
+        if key in seen:
+            msg = f"description {i + 1} repeats description {seen[key] + 1}: {t.strip()!r}"
+            yield Finding(c, kind, "duplicate", msg, i, None, gid)
+        else:
+            seen[key] = i
+
+
+def _check_too_long(ctx: AuditContext) -> Iterable[Finding]:
+    for c, kind, i, t, gid in ctx.sentences():
+        n_tok = ctx.tokens(t)
+        row = ctx.embeddings.get(text_hash(t))
+        if n_tok is not None:
+            over, count = n_tok > ctx.context, n_tok
+        else:
+            over, count = row is not None and bool(row["truncated"]), row["n_tokens"] if row else None
+        if over:
+            msg = (
+                f"description {i + 1} has {count} tokens, over the encoder context of {ctx.context} "
+                "(cut when encoded)"
+            )
+            yield Finding(c, kind, "too_long", msg, i, None, gid)
+
+
+def _too_long_status(ctx: AuditContext) -> str:
+    if ctx.counter is not None and ctx.counter.available:
+        return "on"
+    return "on (recorded truncation only)" if ctx.encoder else "off: no tokenizer and no embeddings"
+
+
+def _check_leak(ctx: AuditContext) -> Iterable[Finding]:
+    for c, kind, i, t, gid in ctx.sentences(kinds=[k for k in ctx.kinds if k == "spatial"]):
+        if is_leak(t, c):
+            msg = f"description {i + 1} only restates the class name: {t.strip()!r}"
+            yield Finding(c, kind, "leak", msg, i, None, gid)
+
+
+def _check_failed(status: str, ctx: AuditContext) -> Iterable[Finding]:
+    for c in ctx.classes:
+        bad = [g for g in ctx.failed.get(c, []) if g["status"] == status]
+        if bad:
+            last = bad[-1]
+            msg = f"{len(bad)} failed request(s); last reason: {last.get('error') or 'unknown'}"
+            yield Finding(c, "both", status, msg, generation_id=last["id"])
+
+
+def _check_near_duplicate(ctx: AuditContext) -> Iterable[Finding]:
+    if ctx.encoder is None:
+        return []
+    return _near_duplicates(ctx.classes, ctx.descs, ctx.kinds, ctx.embeddings, ctx.near_dup_threshold)
+
+
+def _near_duplicate_status(ctx: AuditContext) -> str:
+    if ctx.encoder is None:
+        return "off: no embeddings for this set (run descgen encode)"
+    if ctx.encoder.get("random_weights"):
+        return "on (random-weight encoder: similarities are not meaningful)"
+    return "on"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named check: ``find`` yields its findings, ``status`` says whether it could run fully."""
+
+    name: str
+    find: Callable[[AuditContext], Iterable[Finding]]
+    status: Callable[[AuditContext], str] = lambda ctx: "on"
+
+
+CHECK_TABLE: tuple[Check, ...] = (
+    Check("missing", _check_missing),
+    Check("count", _check_count),
+    Check("empty", _check_empty),
+    Check("duplicate", _check_duplicate),
+    Check("near_duplicate", _check_near_duplicate, _near_duplicate_status),
+    Check("too_long", _check_too_long, _too_long_status),
+    Check("invalid", partial(_check_failed, "invalid")),
+    Check("error", partial(_check_failed, "error")),
+    Check("leak", _check_leak),
+)
+
+
 def audit_set(
     store: Store,
     set_: DescriptionSet,
@@ -190,126 +372,9 @@ def audit_set(
     use_tokenizer: bool = True,
 ) -> AuditReport:
     """Run every check over one set. ``class_names``: the dataset's class list (else the set's classes)."""
-    descs = store.descriptions(set_.id)
-    rows = store.description_rows(set_.id)
-    gen_of: dict[tuple[str, str, int], int] = {
-        (r["class_name"], r["kind"], r["idx"]): r["generation_id"] for r in rows
-    }
-    classes = list(class_names) if class_names is not None else []
-    known = set(classes)
-    gens = store.generations(set_.id)
-    extra = sorted((set(descs) | {g["class_name"] for g in gens}) - known)
-    classes += extra
-    order = {c: i for i, c in enumerate(classes)}
-    kinds = set_kinds(set_)
-    enc = _pick_encoder(store, set_, encoder_fp)
-    context = int(enc["context_length"]) if enc else DEFAULT_CONTEXT
-    counter = _TokenCounter(enc["model_name"] if enc else None, context) if use_tokenizer else None
-    checks = {c: "on" for c in CHECKS}
-    findings: list[Finding] = []
-
-    ok_classes = {g["class_name"] for g in gens if g["status"] in ("ok", "superseded")}
-    failed: dict[str, list[dict]] = {}
-    for g in gens:
-        if g["status"] in ("invalid", "error") and g["class_name"] not in ok_classes:
-            failed.setdefault(g["class_name"], []).append(g)
-
-    all_hashes = [text_hash(t) for c in descs.values() for k in kinds for t in c.get(k, [])]
-    emb = store.get_embeddings(enc["fingerprint"], all_hashes) if enc else {}
-    if counter is None or not counter.available:
-        checks["too_long"] = "on (recorded truncation only)" if enc else "off: no tokenizer and no embeddings"
-
-    for c in classes:
-        entry = descs.get(c, {})
-        for kind in kinds:
-            texts = entry.get(kind, [])
-            if not texts:
-                findings.append(Finding(c, kind, "missing", f"no {kind} descriptions"))
-                continue
-            if len(texts) != set_.n:
-                findings.append(
-                    Finding(
-                        c,
-                        kind,
-                        "count",
-                        f"{len(texts)} {kind} descriptions, expected {set_.n}",
-                        generation_id=gen_of.get((c, kind, 0)),
-                    )
-                )
-            seen: dict[str, int] = {}
-            for i, t in enumerate(texts):
-                gid = gen_of.get((c, kind, i))
-                if not t.strip() or not strip_frame(t):
-                    findings.append(
-                        Finding(c, kind, "empty", f"description {i + 1} is empty: {t!r}", i, None, gid)
-                    )
-                key = _norm_sentence(t)
-                if key in seen:
-                    findings.append(
-                        Finding(
-                            c,
-                            kind,
-                            "duplicate",
-                            f"description {i + 1} repeats description {seen[key] + 1}: {t.strip()!r}",
-                            i,
-                            None,
-                            gid,
-                        )
-                    )
-                else:
-                    seen[key] = i
-                n_tok = counter.count(t) if counter is not None and counter.available else None
-                row = emb.get(text_hash(t))
-                over = (n_tok is not None and n_tok > context) or (
-                    n_tok is None and row is not None and bool(row["truncated"])
-                )
-                if over:
-                    count = n_tok if n_tok is not None else row["n_tokens"]
-                    findings.append(
-                        Finding(
-                            c,
-                            kind,
-                            "too_long",
-                            f"description {i + 1} has {count} tokens, over the encoder context of {context} "
-                            "(cut when encoded)",
-                            i,
-                            None,
-                            gid,
-                        )
-                    )
-                if kind == "spatial" and is_leak(t, c):
-                    findings.append(
-                        Finding(
-                            c,
-                            kind,
-                            "leak",
-                            f"description {i + 1} only restates the class name: {t.strip()!r}",
-                            i,
-                            None,
-                            gid,
-                        )
-                    )
-        for status in ("invalid", "error"):
-            bad = [g for g in failed.get(c, []) if g["status"] == status]
-            if bad:
-                last = bad[-1]
-                findings.append(
-                    Finding(
-                        c,
-                        "both",
-                        status,
-                        f"{len(bad)} failed request(s); last reason: {last.get('error') or 'unknown'}",
-                        generation_id=last["id"],
-                    )
-                )
-
-    if enc is None:
-        checks["near_duplicate"] = "off: no embeddings for this set (run descgen encode)"
-    else:
-        findings += _near_duplicates(classes, descs, kinds, emb, near_dup_threshold)
-        if enc.get("random_weights"):
-            checks["near_duplicate"] = "on (random-weight encoder: similarities are not meaningful)"
-
+    ctx = _context(store, set_, class_names, encoder_fp, near_dup_threshold, use_tokenizer)
+    findings = [f for check in CHECK_TABLE for f in check.find(ctx)]
+    order = {c: i for i, c in enumerate(ctx.classes)}
     findings.sort(
         key=lambda f: (
             order.get(f.class_name, len(order)),
@@ -323,10 +388,10 @@ def audit_set(
     return AuditReport(
         dataset=set_.dataset,
         set=set_,
-        classes=classes,
+        classes=ctx.classes,
         class_source=class_source,
-        encoder=enc["fingerprint"] if enc else None,
-        checks=checks,
+        encoder=ctx.encoder["fingerprint"] if ctx.encoder else None,
+        checks={check.name: check.status(ctx) for check in CHECK_TABLE},
         findings=findings,
     )
 
@@ -375,67 +440,11 @@ def _near_duplicates(
 
 def class_chain(store: Store, set_: DescriptionSet, class_name: str, values: int = 5) -> dict[str, Any]:
     """Everything behind one class of a set: prompt, requests, raw responses, sentences, embeddings."""
-    import json
-
-    from descgen.encode import vector_from_row
-
     prompt = store.get_prompt(set_.prompt_fp) or {}
-    gens = store.generations(set_.id, class_name=class_name)
-    rows = store.description_rows(set_.id, class_name)
-    descriptions = []
-    for r in rows:
-        embs = []
-        for e in store.embedding_rows_for_text(r["text_hash"]):
-            vec = vector_from_row(e)
-            norm = sum(v * v for v in vec) ** 0.5
-            embs.append(
-                {
-                    "encoder": e["encoder_fp"],
-                    "model": e["model_name"],
-                    "pretrained": e["pretrained"],
-                    "random_weights": bool(e["random_weights"]),
-                    "dim": e["dim"],
-                    "dtype": e["dtype"],
-                    "norm": round(norm, 6),
-                    "first": [round(v, 6) for v in vec[:values]],
-                    "n_tokens": e["n_tokens"],
-                    "truncated": bool(e["truncated"]),
-                }
-            )
-        descriptions.append(
-            {
-                "kind": r["kind"],
-                "index": r["idx"],
-                "text": r["text"],
-                "phrase": r["phrase"],
-                "text_hash": r["text_hash"],
-                "generation_id": r["generation_id"],
-                "embeddings": embs,
-            }
-        )
-    requests = []
-    for g in gens:
-        req = g.get("request")
-        try:
-            req = json.loads(req) if isinstance(req, str) else req
-        except ValueError:
-            pass
-        requests.append(
-            {
-                "id": g["id"],
-                "status": g["status"],
-                "error": g["error"],
-                "attempt": g["attempt"],
-                "seed": g["seed"],
-                "params": json.loads(g["params"]) if g.get("params") else None,
-                "request": req,
-                "raw_response": g["raw_response"],
-                "prompt_tokens": g["prompt_tokens"],
-                "completion_tokens": g["completion_tokens"],
-                "latency_s": g["latency_s"],
-                "created_at": g["created_at"],
-            }
-        )
+    descriptions = [
+        _description_entry(r, store.embedding_rows_for_text(r["text_hash"]), values)
+        for r in store.description_rows(set_.id, class_name)
+    ]
     return {
         "dataset": set_.dataset,
         "class": class_name,
@@ -452,8 +461,61 @@ def class_chain(store: Store, set_: DescriptionSet, class_name: str, values: int
             "version": prompt.get("version"),
             "content": prompt.get("content"),
         },
-        "generations": requests,
+        "generations": [_generation_entry(g) for g in store.generations(set_.id, class_name=class_name)],
         "descriptions": descriptions,
+    }
+
+
+def _description_entry(r: dict, embedding_rows: Iterable[dict], values: int) -> dict[str, Any]:
+    return {
+        "kind": r["kind"],
+        "index": r["idx"],
+        "text": r["text"],
+        "phrase": r["phrase"],
+        "text_hash": r["text_hash"],
+        "generation_id": r["generation_id"],
+        "embeddings": [_embedding_entry(e, values) for e in embedding_rows],
+    }
+
+
+def _embedding_entry(e: dict, values: int) -> dict[str, Any]:
+    from descgen.encode import vector_from_row
+
+    vec = vector_from_row(e)
+    norm = sum(v * v for v in vec) ** 0.5
+    return {
+        "encoder": e["encoder_fp"],
+        "model": e["model_name"],
+        "pretrained": e["pretrained"],
+        "random_weights": bool(e["random_weights"]),
+        "dim": e["dim"],
+        "dtype": e["dtype"],
+        "norm": round(norm, 6),
+        "first": [round(v, 6) for v in vec[:values]],
+        "n_tokens": e["n_tokens"],
+        "truncated": bool(e["truncated"]),
+    }
+
+
+def _generation_entry(g: dict) -> dict[str, Any]:
+    req = g.get("request")
+    try:
+        req = json.loads(req) if isinstance(req, str) else req
+    except ValueError:
+        pass
+    return {
+        "id": g["id"],
+        "status": g["status"],
+        "error": g["error"],
+        "attempt": g["attempt"],
+        "seed": g["seed"],
+        "params": json.loads(g["params"]) if g.get("params") else None,
+        "request": req,
+        "raw_response": g["raw_response"],
+        "prompt_tokens": g["prompt_tokens"],
+        "completion_tokens": g["completion_tokens"],
+        "latency_s": g["latency_s"],
+        "created_at": g["created_at"],
     }
 
 
@@ -466,12 +528,14 @@ def load_pricing(path: str | None = None) -> dict[str, dict[str, float]]:
     from pathlib import Path
 
     source = Path(path) if path else Path(__file__).resolve().parent / "pricing.toml"
-    text = source.read_text(encoding="utf-8")
-    data = tomllib.loads(text)
-    out: dict[str, dict[str, float]] = {}
-    for key, val in (data.get("models") or {}).items():
-        if isinstance(val, dict) and "input" in val and "output" in val:
-            out[str(key)] = {"input": float(val["input"]), "output": float(val["output"])}
+    try:
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
+        out: dict[str, dict[str, float]] = {}
+        for key, val in (data.get("models") or {}).items():
+            if isinstance(val, dict) and "input" in val and "output" in val:
+                out[str(key)] = {"input": float(val["input"]), "output": float(val["output"])}
+    except (OSError, ValueError) as exc:  # TOMLDecodeError is a ValueError
+        raise DescgenError(f"cannot read the price table: {exc}") from None
     return out
 
 

@@ -1,7 +1,8 @@
 """Commands over the cache: encode, audit, show, usage, export, import.
 
 Each command is a thin layer over a function of descgen.encode, descgen.audit, descgen.report or
-descgen.transfer. User errors end with one message on stderr and exit code 2.
+descgen.transfer. They raise user errors; ``descgen.cli`` registers the commands (``COMMANDS``)
+and turns those errors into one line on stderr.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from pathlib import Path
 
 import typer
 
-from descgen.cli import app
 from descgen.datasets import ClassListError
-from descgen.encode import DescgenDataError
-from descgen.store import StoreError
+from descgen.errors import DescgenError
 
 CacheOpt = typer.Option("cache/descriptions.db", "--cache", envvar="DESCGEN_CACHE", help="SQLite cache file.")
 DataDirOpt = typer.Option(
@@ -28,16 +27,9 @@ ClassesOpt = typer.Option(
 )
 SetOpt = typer.Option(None, "--set", help="Description set id (a unique prefix is enough).")
 
-_USER_ERRORS = (DescgenDataError, StoreError, ClassListError)
-
-
-def _err(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
 
 def _open(cache: str, must_exist: bool = True):
-    from descgen.store import Store
+    from descgen.store import Store, StoreError
 
     if must_exist and not Path(cache).exists():
         raise StoreError(f"cache file not found: {cache}")
@@ -69,7 +61,6 @@ def _class_list(dataset: str, classes: str | None, data_dir: str | None, require
 # ---------------------------------------------------------------------- encode
 
 
-@app.command("encode")
 def encode_cmd(
     cache: str = CacheOpt,
     dataset: str = typer.Option(None, "--dataset", help="Only the sets of this dataset."),
@@ -86,27 +77,24 @@ def encode_cmd(
     from descgen.encode import RandomWeightsWarning, encode_missing, load_text_encoder, select_set
 
     t0 = time.monotonic()
-    try:
-        store = _open(cache)
-        set_ids = None
-        if set_id:
-            set_ids = [select_set(store, dataset=dataset, set_id=set_id).id]
-        elif dataset:
-            set_ids = [s.id for s in store.list_sets(dataset=dataset)]
-            if not set_ids:
-                raise DescgenDataError(f"no description sets for dataset {dataset!r} in {cache}")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", RandomWeightsWarning)
-            encoder = load_text_encoder(model, pretrained, device=device)
-        if any(issubclass(w.category, RandomWeightsWarning) for w in caught):
-            _console(stderr=True).print(
-                f"[bold red]WARNING: RANDOM WEIGHTS[/] - {encoder.model_name} has random weights "
-                f"(fingerprint {encoder.fingerprint}); these embeddings are for tests only, not for training."
-            )
-        n = encode_missing(store, encoder, set_ids, batch_size=batch_size, progress=progress)
-        total = len(store.all_description_texts(set_ids))
-    except _USER_ERRORS as exc:
-        raise _err(str(exc)) from None
+    store = _open(cache)
+    set_ids = None
+    if set_id:
+        set_ids = [select_set(store, dataset=dataset, set_id=set_id).id]
+    elif dataset:
+        set_ids = [s.id for s in store.list_sets(dataset=dataset)]
+        if not set_ids:
+            raise DescgenError(f"no description sets for dataset {dataset!r} in {cache}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RandomWeightsWarning)
+        encoder = load_text_encoder(model, pretrained, device=device)
+    if any(issubclass(w.category, RandomWeightsWarning) for w in caught):
+        _console(stderr=True).print(
+            f"[bold red]WARNING: RANDOM WEIGHTS[/] - {encoder.model_name} has random weights "
+            f"(fingerprint {encoder.fingerprint}); these embeddings are for tests only, not for training."
+        )
+    n = encode_missing(store, encoder, set_ids, batch_size=batch_size, progress=progress)
+    total = len(store.all_description_texts(set_ids))
     typer.echo(
         f"encoded {n} descriptions ({total - n} already cached, {total} distinct) with {encoder.fingerprint} "
         f"in {time.monotonic() - t0:.1f}s"
@@ -116,7 +104,6 @@ def encode_cmd(
 # ---------------------------------------------------------------------- audit
 
 
-@app.command("audit")
 def audit_cmd(
     cache: str = CacheOpt,
     dataset: str = typer.Option(..., "--dataset", help="Dataset name in the cache."),
@@ -133,19 +120,14 @@ def audit_cmd(
     from descgen.audit import audit_set
     from descgen.encode import select_set
 
-    try:
-        store = _open(cache)
-        set_ = select_set(store, dataset=dataset, set_id=set_id)
-        names, source = _class_list(dataset, classes, data_dir, required=False)
-        report = audit_set(
-            store, set_, names, source, encoder_fp=encoder, near_dup_threshold=near_dup_threshold
-        )
-        if html:
-            from descgen.report import write_html
+    store = _open(cache)
+    set_ = select_set(store, dataset=dataset, set_id=set_id)
+    names, source = _class_list(dataset, classes, data_dir, required=False)
+    report = audit_set(store, set_, names, source, encoder_fp=encoder, near_dup_threshold=near_dup_threshold)
+    if html:
+        from descgen.report import write_html
 
-            write_html(store, report, html)
-    except _USER_ERRORS as exc:
-        raise _err(str(exc)) from None
+        write_html(store, report, html)
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), sort_keys=True, ensure_ascii=False, indent=2) + "\n")
     else:
@@ -187,7 +169,6 @@ def _print_audit(report) -> None:
 # ---------------------------------------------------------------------- show
 
 
-@app.command("show")
 def show_cmd(
     cache: str = CacheOpt,
     dataset: str = typer.Option(..., "--dataset"),
@@ -200,17 +181,14 @@ def show_cmd(
     from descgen.audit import class_chain
     from descgen.encode import select_set
 
-    try:
-        store = _open(cache)
-        set_ = select_set(store, dataset=dataset, set_id=set_id)
-        chain = class_chain(store, set_, class_name)
-        if not chain["generations"] and not chain["descriptions"]:
-            known = sorted(store.descriptions(set_.id))
-            near = [k for k in known if class_name.casefold() in k.casefold()][:5]
-            hint = f"; similar: {', '.join(near)}" if near else ""
-            raise DescgenDataError(f"class {class_name!r} has nothing in set {set_.id}{hint}")
-    except _USER_ERRORS as exc:
-        raise _err(str(exc)) from None
+    store = _open(cache)
+    set_ = select_set(store, dataset=dataset, set_id=set_id)
+    chain = class_chain(store, set_, class_name)
+    if not chain["generations"] and not chain["descriptions"]:
+        known = sorted(store.descriptions(set_.id))
+        near = [k for k in known if class_name.casefold() in k.casefold()][:5]
+        hint = f"; similar: {', '.join(near)}" if near else ""
+        raise DescgenError(f"class {class_name!r} has nothing in set {set_.id}{hint}")
     if as_json:
         sys.stdout.write(json.dumps(chain, sort_keys=True, ensure_ascii=False, indent=2) + "\n")
         return
@@ -279,7 +257,6 @@ def _print_chain(chain: dict, limit: int | None = 40) -> None:
 # ---------------------------------------------------------------------- usage
 
 
-@app.command("usage")
 def usage_cmd(
     cache: str = CacheOpt,
     as_json: bool = typer.Option(False, "--json"),
@@ -288,13 +265,8 @@ def usage_cmd(
     """Requests, tokens and estimated cost per backend and model, and failures by reason."""
     from descgen.audit import usage_report
 
-    try:
-        store = _open(cache)
-        rep = usage_report(store, pricing)
-    except (OSError, ValueError) as exc:
-        raise _err(f"cannot read the price table: {exc}") from None
-    except _USER_ERRORS as exc:
-        raise _err(str(exc)) from None
+    store = _open(cache)
+    rep = usage_report(store, pricing)
     if as_json:
         sys.stdout.write(json.dumps(rep, sort_keys=True, ensure_ascii=False, indent=2) + "\n")
         return
@@ -344,7 +316,6 @@ def usage_cmd(
 # ---------------------------------------------------------------------- export / import
 
 
-@app.command("export")
 def export_cmd(
     cache: str = CacheOpt,
     dataset: str = typer.Option(..., "--dataset"),
@@ -359,17 +330,11 @@ def export_cmd(
     """Write a description set as JSON, or in the MSTA authors' layout."""
     from descgen.transfer import export_set
 
-    try:
-        store = _open(cache)
-        paths = export_set(
-            store, dataset, out, set_id=set_id, fmt=fmt, data_dir=data_dir, classes_file=classes
-        )
-    except _USER_ERRORS as exc:
-        raise _err(str(exc)) from None
+    store = _open(cache)
+    paths = export_set(store, dataset, out, set_id=set_id, fmt=fmt, data_dir=data_dir, classes_file=classes)
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
-@app.command("import")
 def import_cmd(
     cache: str = CacheOpt,
     dataset: str = typer.Option(..., "--dataset"),
@@ -390,14 +355,25 @@ def import_cmd(
     try:
         store = _open(cache, must_exist=False)
         res = import_files(store, dataset, spatial, temporal, data_dir=data_dir, classes_file=classes)
-    except _USER_ERRORS as exc:
+    except Exception:
         if store is not None and not existed:  # leave no empty cache file behind
             store.close()
             for suffix in ("", "-wal", "-shm"):
                 Path(cache + suffix).unlink(missing_ok=True)
-        raise _err(str(exc)) from None
+        raise
     miss = f"; {len(res.missing)} classes of the list not in the files" if res.missing else ""
     typer.echo(
         f"set {res.set.id} ({res.set.model}, N={res.n}): {res.added} classes imported, {res.cached} already there"
         f"{miss}"
     )
+
+
+# The commands of this module by name (registered by descgen.cli).
+COMMANDS = {
+    "encode": encode_cmd,
+    "audit": audit_cmd,
+    "show": show_cmd,
+    "usage": usage_cmd,
+    "export": export_cmd,
+    "import": import_cmd,
+}

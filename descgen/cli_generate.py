@@ -1,4 +1,4 @@
-"""CLI commands: ``generate``, ``datasets`` and ``prompts list|show|diff`` (registered on import)."""
+"""Command functions: ``generate``, ``datasets`` and ``prompts list|show|diff`` (registered by descgen.cli)."""
 
 from __future__ import annotations
 
@@ -7,108 +7,95 @@ from pathlib import Path
 
 import typer
 
-from descgen.cli import app, prompts_app
+from descgen.errors import DescgenError
+
+_O = typer.Option
+DatasetOpt = _O(
+    None, "--dataset", help="Built-in dataset (k400 k600 hmdb51 ucf101 ssv2), or the name of --classes."
+)
+ClassesOpt = _O(
+    None, "--classes", help="Class list file: id,name CSV, one name per line, classInd.txt or labels.json."
+)
+DataDirOpt = _O(
+    None, "--data-dir", help="Data directory with labels/{dataset}.csv [env MSTA_DATA_DIR, default ./data]."
+)
+CacheOpt = _O(Path("cache/descriptions.db"), "--cache", help="SQLite cache file.")
+PromptOpt = _O(
+    None, "--prompt", help="Shipped prompt name or path to a .toml prompt file [default msta-general-v1]."
+)
+NOpt = _O(2, "--n", help="Spatial and temporal phrases per class.")
+BackendOpt = _O("openai", "--backend", help="openai (hosted or any compatible server) or vllm (in-process).")
+ModelOpt = _O(None, "--model", help="Model name [openai default gpt-4o-mini; required for vllm].")
+BaseUrlOpt = _O(
+    None, "--base-url", help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."
+)
+TemperatureOpt = _O(None, "--temperature", help="Override the prompt's temperature.")
+SeedOpt = _O(None, "--seed", help="Override the prompt's seed.")
+MaxTokensOpt = _O(None, "--max-tokens", help="Override the prompt's max tokens.")
+ConcurrencyOpt = _O(8, "--concurrency", help="Requests in flight at once (openai).")
+TimeoutOpt = _O(60.0, "--timeout", help="Seconds before one request attempt is abandoned (openai).")
+MaxAttemptsOpt = _O(5, "--max-attempts", help="Attempts per request on 429, 5xx and timeouts (openai).")
+MaxInvalidOpt = _O(2, "--max-invalid", help="Re-requests (with a new seed) after an invalid answer.")
+ForceOpt = _O(False, "--force", help="Request every class again and replace its descriptions.")
+DryRunOpt = _O(False, "--dry-run", help="Print the plan and write nothing.")
+JsonOpt = _O(False, "--json", help="With --dry-run: print the plan as one JSON object.")
+VllmOpt = _O(None, "--vllm-opt", help="KEY=VALUE passed to the vllm engine (repeatable).")
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-@app.command()
 def generate(
-    dataset: str | None = typer.Option(
-        None, "--dataset", help="Built-in dataset (k400 k600 hmdb51 ucf101 ssv2), or the name of --classes."
-    ),
-    classes: Path | None = typer.Option(
-        None,
-        "--classes",
-        help="Class list file: id,name CSV, one name per line, classInd.txt or labels.json.",
-    ),
-    data_dir: Path | None = typer.Option(
-        None,
-        "--data-dir",
-        help="Data directory with labels/{dataset}.csv [env MSTA_DATA_DIR, default ./data].",
-    ),
-    cache: Path = typer.Option(Path("cache/descriptions.db"), "--cache", help="SQLite cache file."),
-    prompt: str | None = typer.Option(
-        None, "--prompt", help="Shipped prompt name or path to a .toml prompt file [default msta-general-v1]."
-    ),
-    n: int = typer.Option(2, "--n", help="Spatial and temporal phrases per class."),
-    backend: str = typer.Option(
-        "openai", "--backend", help="openai (hosted or any compatible server) or vllm (in-process)."
-    ),
-    model: str | None = typer.Option(
-        None, "--model", help="Model name [openai default gpt-4o-mini; required for vllm]."
-    ),
-    base_url: str | None = typer.Option(
-        None, "--base-url", help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."
-    ),
-    temperature: float | None = typer.Option(
-        None, "--temperature", help="Override the prompt's temperature."
-    ),
-    seed: int | None = typer.Option(None, "--seed", help="Override the prompt's seed."),
-    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Override the prompt's max tokens."),
-    concurrency: int = typer.Option(8, "--concurrency", help="Requests in flight at once (openai)."),
-    timeout: float = typer.Option(
-        60.0, "--timeout", help="Seconds before one request attempt is abandoned (openai)."
-    ),
-    max_attempts: int = typer.Option(
-        5, "--max-attempts", help="Attempts per request on 429, 5xx and timeouts (openai)."
-    ),
-    max_invalid: int = typer.Option(
-        2, "--max-invalid", help="Re-requests (with a new seed) after an invalid answer."
-    ),
-    force: bool = typer.Option(
-        False, "--force", help="Request every class again and replace its descriptions."
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and write nothing."),
-    vllm_opt: list[str] | None = typer.Option(
-        None, "--vllm-opt", help="KEY=VALUE passed to the vllm engine (repeatable)."
-    ),
+    dataset: str | None = DatasetOpt,
+    classes: Path | None = ClassesOpt,
+    data_dir: Path | None = DataDirOpt,
+    cache: Path = CacheOpt,
+    prompt: str | None = PromptOpt,
+    n: int = NOpt,
+    backend: str = BackendOpt,
+    model: str | None = ModelOpt,
+    base_url: str | None = BaseUrlOpt,
+    temperature: float | None = TemperatureOpt,
+    seed: int | None = SeedOpt,
+    max_tokens: int | None = MaxTokensOpt,
+    concurrency: int = ConcurrencyOpt,
+    timeout: float = TimeoutOpt,
+    max_attempts: int = MaxAttemptsOpt,
+    max_invalid: int = MaxInvalidOpt,
+    force: bool = ForceOpt,
+    dry_run: bool = DryRunOpt,
+    as_json: bool = JsonOpt,
+    vllm_opt: list[str] | None = VllmOpt,
 ) -> None:
     """Write N spatial and N temporal descriptions per class into the cache (re-runs cost nothing)."""
-    from descgen.generate import GenerateInputError, parse_options
-    from descgen.generate import generate as run_generate
+    from descgen.generate import Summary, run_plan
+    from descgen.plan import parse_options, plan
 
-    try:
-        opts = parse_options(vllm_opt)
-        summary = run_generate(
-            dataset=dataset,
-            classes_file=classes,
-            data_dir=data_dir,
-            cache=cache,
-            prompt=prompt,
-            n=n,
-            backend=backend,
-            model=model,
-            base_url=base_url,
-            temperature=temperature,
-            seed=seed,
-            max_tokens=max_tokens,
-            concurrency=concurrency,
-            timeout=timeout,
-            max_attempts=max_attempts,
-            max_invalid=max_invalid,
-            force=force,
-            dry_run=dry_run,
-            vllm_options=opts,
-            progress=not dry_run,
-            out=sys.stdout if dry_run else sys.stderr,
-        )
-    except GenerateInputError as exc:
-        _fail(str(exc))
+    vllm_options = parse_options(vllm_opt)
+    if as_json and not dry_run:
+        raise DescgenError("--json needs --dry-run (it prints the plan)")
+    p = plan(
+        dataset=dataset,
+        classes_file=classes,
+        data_dir=data_dir,
+        cache=cache,
+        prompt=prompt,
+        n=n,
+        backend=backend,
+        model=model,
+        temperature=temperature,
+        seed=seed,
+        max_tokens=max_tokens,
+        max_invalid=max_invalid,
+        force=force,
+    )
+    if dry_run:
+        text = p.to_json() if as_json else "\n".join([*p.text_lines(), Summary.of(p, dry_run=True).line()])
+        typer.echo(text)
         return
-    except KeyboardInterrupt:
-        typer.echo(
-            "interrupted: finished classes are saved; run the same command again to complete", err=True
-        )
-        raise typer.Exit(130) from None
+    options = dict(base_url=base_url, concurrency=concurrency, timeout=timeout, max_attempts=max_attempts)
+    summary = run_plan(p, {**options, "vllm_options": vllm_options}, progress=True, out=sys.stderr)
     typer.echo(summary.line())
     raise typer.Exit(summary.exit_code)
 
 
-@app.command("datasets")
 def datasets_cmd(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Data directory [env MSTA_DATA_DIR, default ./data]."
@@ -129,21 +116,14 @@ def datasets_cmd(
         typer.echo(f"{row['name']:<8} {count:<14} {row['description']}")
 
 
-@prompts_app.command("list")
 def prompts_list() -> None:
     """List the shipped prompt files."""
-    from descgen.prompts import PromptError, list_prompts
+    from descgen.prompts import list_prompts
 
-    try:
-        prompts = list_prompts()
-    except PromptError as exc:
-        _fail(str(exc))
-        return
-    for p in prompts:
+    for p in list_prompts():
         typer.echo(f"{Path(p.source).stem:<20} {p.fingerprint[:12]}  {p.description}")
 
 
-@prompts_app.command("show")
 def prompts_show(
     name: str = typer.Argument(
         ..., help="Prompt name, file stem, path to a .toml file, or (with --cache) a fingerprint."
@@ -153,37 +133,35 @@ def prompts_show(
     ),
 ) -> None:
     """Show a prompt's canonical content and fingerprint."""
-    from descgen.prompts import PromptError, load_prompt, prompt_from_content
+    from descgen.prompts import PromptError, load_prompt
 
     try:
         p = load_prompt(name)
     except PromptError as exc:
         if cache is None:
-            _fail(str(exc))
-            return
-        from descgen.store import Store, StoreError
-
-        try:
-            with Store(cache, create=False) as store:
-                rows = [r for r in store.list_prompts() if r["fingerprint"].startswith(name.lower())]
-        except StoreError as err:
-            _fail(str(err))
-            return
-        if len(rows) != 1:
-            found = "no prompt" if not rows else f"{len(rows)} prompts"
-            _fail(f"{exc}; {found} in {cache} with a fingerprint starting {name!r}")
-            return
-        try:
-            p = prompt_from_content(rows[0]["content"], source=f"{cache} (stored)")
-        except (PromptError, ValueError) as err:
-            _fail(f"the prompt stored in {cache} cannot be read: {err}")
-            return
+            raise
+        p = _stored_prompt(cache, name, exc)
     typer.echo(f"# {p.label}  sha256 {p.fingerprint}")
     typer.echo(f"# source {p.source}")
     typer.echo(p.text, nl=False)
 
 
-@prompts_app.command("diff")
+def _stored_prompt(cache: Path, prefix: str, not_found: Exception):
+    """The prompt stored in ``cache`` whose fingerprint starts with ``prefix`` (exactly one)."""
+    from descgen.prompts import PromptError, prompt_from_content
+    from descgen.store import Store
+
+    with Store(cache, create=False) as store:
+        rows = [r for r in store.list_prompts() if r["fingerprint"].startswith(prefix.lower())]
+    if len(rows) != 1:
+        found = "no prompt" if not rows else f"{len(rows)} prompts"
+        raise DescgenError(f"{not_found}; {found} in {cache} with a fingerprint starting {prefix!r}")
+    try:
+        return prompt_from_content(rows[0]["content"], source=f"{cache} (stored)")
+    except (PromptError, ValueError) as err:
+        raise DescgenError(f"the prompt stored in {cache} cannot be read: {err}") from None
+
+
 def prompts_diff(
     a: str = typer.Argument(..., help="First prompt (name, stem or path)."),
     b: str = typer.Argument(..., help="Second prompt (name, stem or path)."),
@@ -192,14 +170,10 @@ def prompts_diff(
     ),
 ) -> None:
     """Unified diff of two prompt versions (and, with --cache, what each produced)."""
-    from descgen.prompts import PromptError, diff_prompts, load_prompt
-    from descgen.store import Store, StoreError
+    from descgen.prompts import diff_prompts, load_prompt
+    from descgen.store import Store
 
-    try:
-        pa, pb = load_prompt(a), load_prompt(b)
-    except PromptError as exc:
-        _fail(str(exc))
-        return
+    pa, pb = load_prompt(a), load_prompt(b)
     text = diff_prompts(pa, pb)
     typer.echo(
         text if text else f"{pa.label} and {pb.label} have the same content ({pa.fingerprint[:12]})",
@@ -207,12 +181,7 @@ def prompts_diff(
     )
     if cache is None:
         return
-    try:
-        store = Store(cache, create=False)
-    except StoreError as exc:
-        _fail(str(exc))
-        return
-    with store:
+    with Store(cache, create=False) as store:
         for p in (pa, pb):
             sets = store.list_sets(prompt_fp_prefix=p.fingerprint)
             total = 0

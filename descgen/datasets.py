@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from descgen.errors import DescgenError
+
 DATA_DIR_ENV = "MSTA_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
 
@@ -42,7 +44,7 @@ BUILTIN: dict[str, str] = {
 GENERIC_DESCRIPTION = "a video action-recognition dataset of human actions"
 
 
-class ClassListError(Exception):
+class ClassListError(DescgenError):
     """A class list cannot be used. The message is meant for the user, as is."""
 
 

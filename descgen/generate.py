@@ -1,4 +1,4 @@
-"""plan -> skip what is cached -> call the backend -> validate -> store.
+"""Execute a plan (descgen.plan): call the backend, validate each answer, store it.
 
 Every class's result is written in its own transaction as soon as it arrives, so a killed run
 loses at most the requests in flight, and running the same command again requests only what is
@@ -8,29 +8,24 @@ cache file is opened for writing: nothing is written then.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from descgen.backends import BACKENDS, Backend, BackendError, Request, Response, get_backend, scrub_secrets
-from descgen.datasets import ClassList, ClassListError, load_class_list
-from descgen.prompts import Prompt, PromptError, load_prompt
-from descgen.store import Store, StoreError, set_id_for
+from descgen.backends import Backend, BackendError, Request, Response, create_backend, scrub_secrets
+from descgen.plan import DEFAULT_CACHE, DEFAULT_N, GenerateInputError, Plan, plan
+from descgen.store import Store, StoreError
 
-DEFAULT_CACHE = "cache/descriptions.db"
-DEFAULT_N = 2
-MAX_N = 64
+__all__ = ["GenerateInputError", "Summary", "execute", "generate", "open_backend", "open_store", "run_plan"]
 
-
-class GenerateInputError(Exception):
-    """Bad input detected before anything was written. The message is meant for the user."""
+MAX_LISTED_FAILURES = 20
 
 
 @dataclass
-class GenerateSummary:
+class Summary:
     dataset: str
     set_id: str
     prompt: str
@@ -51,6 +46,23 @@ class GenerateSummary:
     dry_run: bool = False
     to_request: list[str] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)  # class name -> last reason
+
+    @classmethod
+    def of(cls, p: Plan, dry_run: bool = False) -> Summary:
+        """The summary of a plan before anything is sent."""
+        return cls(
+            dataset=p.classes.name,
+            set_id=p.set_id,
+            prompt=p.prompt.label,
+            prompt_fp=p.prompt.fingerprint,
+            backend=p.backend,
+            model=p.model,
+            cache=str(p.cache),
+            classes=len(p.classes.names),
+            cached=p.cached,
+            dry_run=dry_run,
+            to_request=list(p.to_send),
+        )
 
     @property
     def complete(self) -> bool:
@@ -73,46 +85,56 @@ class GenerateSummary:
             f" | {self.wall_s:.1f} s | set {self.set_id}"
         )
 
-
-def parse_options(items: list[str] | None) -> dict[str, Any]:
-    """``KEY=VALUE`` strings -> dict; values are read as JSON when they parse (numbers, booleans)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key.isidentifier():
-            raise GenerateInputError(f"bad option {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    def failure_lines(self) -> list[str]:
+        """The incomplete classes and why (the first few), for the user."""
+        if not self.failures:
+            return []
+        items = list(self.failures.items())
+        lines = [f"{len(items)} classes incomplete:"]
+        lines += [f"  {name}: {reason}" for name, reason in items[:MAX_LISTED_FAILURES]]
+        if len(items) > MAX_LISTED_FAILURES:
+            lines.append(f"  ... and {len(items) - MAX_LISTED_FAILURES} more (see `descgen audit`)")
+        return lines
 
 
-def sampling_params(
-    prompt: Prompt, temperature: float | None, seed: int | None, max_tokens: int | None
-) -> dict[str, Any]:
-    params = prompt.sampling
-    if temperature is not None:
-        params["temperature"] = temperature
-    if seed is not None:
-        params["seed"] = seed
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
-    if not 0.0 <= float(params["temperature"]) <= 2.0:
-        raise GenerateInputError(f"--temperature must be between 0 and 2, got {params['temperature']}")
-    if int(params["max_tokens"]) < 16:
-        raise GenerateInputError(f"--max-tokens must be at least 16, got {params['max_tokens']}")
-    params["temperature"] = float(params["temperature"])
-    params["top_p"] = float(params["top_p"])
-    params["max_tokens"] = int(params["max_tokens"])
-    params["seed"] = int(params["seed"])
-    return params
+# ---------------------------------------------------------------------- opening the pieces
 
 
-def _print(out: TextIO | None, text: str) -> None:
+def open_backend(p: Plan, options: dict[str, Any] | None = None) -> Backend:
+    """The plan's backend, built from the generation options that apply to it."""
+    try:
+        return create_backend(p.backend, p.model, options)
+    except BackendError as exc:
+        raise GenerateInputError(scrub_secrets(str(exc)) or "backend error") from None
+
+
+def open_store(cache: str | Path) -> Store:
+    """The cache, opened for writing (created when missing)."""
+    path = Path(cache)
+    try:
+        return Store(path, create=True)
+    except StoreError as exc:
+        raise GenerateInputError(str(exc)) from None
+    except OSError as exc:
+        raise GenerateInputError(f"cannot create the cache {path}: {exc.strerror or exc}") from None
+
+
+def run_plan(
+    p: Plan, options: dict[str, Any] | None = None, progress: bool = False, out: TextIO | None = None
+) -> Summary:
+    """Send what the plan lists (nothing is opened when it lists nothing) and report failures to ``out``."""
+    t0 = time.perf_counter()
+    if not p.to_send:
+        summary = Summary.of(p)
+    else:
+        backend = open_backend(p, options)
+        with open_store(p.cache) as store:
+            summary = execute(p, backend, store, progress=progress)
+    summary.wall_s = time.perf_counter() - t0
     if out is not None:
-        print(text, file=out, flush=True)
+        for line in summary.failure_lines():
+            print(line, file=out, flush=True)
+    return summary
 
 
 def generate(
@@ -124,281 +146,185 @@ def generate(
     n: int = DEFAULT_N,
     backend: str = "openai",
     model: str | None = None,
-    base_url: str | None = None,
     temperature: float | None = None,
     seed: int | None = None,
     max_tokens: int | None = None,
-    concurrency: int = 8,
-    timeout: float = 60.0,
-    max_attempts: int = 5,
     max_invalid: int = 2,
     force: bool = False,
     dry_run: bool = False,
-    vllm_options: dict[str, Any] | None = None,
-    backend_obj: Backend | None = None,
     progress: bool = False,
     out: TextIO | None = None,
-) -> GenerateSummary:
-    """Generate (or complete) a description set and return what happened.
+    **backend_options: Any,
+) -> Summary:
+    """Plan, then (unless ``dry_run``) run the plan: the whole of ``descgen generate`` as a function.
 
-    Raises GenerateInputError for bad input, before anything is written. ``backend_obj`` replaces
-    the named backend (it must have ``name``, ``model`` and ``run``). ``out`` receives the plan of a
-    dry run and the list of failed classes; ``progress`` shows a progress bar on stderr.
+    ``backend_options`` are the generation options of the backends (``base_url``, ``concurrency``,
+    ``timeout``, ``max_attempts`` for openai; ``vllm_options`` for vllm); each backend takes those
+    that apply to it. ``out`` receives the plan of a dry run and the list of failed classes.
     """
     t0 = time.perf_counter()
-    # ---------------------------------------------------------------- check the input
-    try:
-        classes: ClassList = load_class_list(dataset, classes_file, data_dir)
-        prm = load_prompt(prompt)
-    except (ClassListError, PromptError) as exc:
-        raise GenerateInputError(str(exc)) from None
-    if not 1 <= n <= MAX_N:
-        raise GenerateInputError(f"--n must be between 1 and {MAX_N}, got {n}")
-    if max_invalid < 0:
-        raise GenerateInputError(f"--max-invalid must be 0 or more, got {max_invalid}")
-    if backend_obj is None and backend not in BACKENDS:
-        raise GenerateInputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    if backend_obj is None and backend == "vllm" and not model:
-        raise GenerateInputError("--backend vllm needs --model (a Hugging Face name or a local path)")
-    params = sampling_params(prm, temperature, seed, max_tokens)
-    backend_name = backend_obj.name if backend_obj is not None else backend
-    if backend_obj is not None:
-        model_name = backend_obj.model
-    elif backend == "openai":
-        from descgen.backends.openai_backend import DEFAULT_MODEL
-
-        model_name = model or DEFAULT_MODEL
-    else:
-        model_name = str(model)
-    set_id = set_id_for(classes.name, prm.fingerprint, backend_name, model_name, params, n)
-    summary = GenerateSummary(
-        dataset=classes.name,
-        set_id=set_id,
-        prompt=prm.label,
-        prompt_fp=prm.fingerprint,
-        backend=backend_name,
-        model=model_name,
-        cache=str(cache),
-        classes=len(classes.names),
-        dry_run=dry_run,
+    p = plan(
+        dataset=dataset,
+        classes_file=classes_file,
+        data_dir=data_dir,
+        cache=cache,
+        prompt=prompt,
+        n=n,
+        backend=backend,
+        model=model,
+        temperature=temperature,
+        seed=seed,
+        max_tokens=max_tokens,
+        max_invalid=max_invalid,
+        force=force,
     )
-    cache_path = Path(cache)
-    if cache_path.exists() and cache_path.is_dir():
-        raise GenerateInputError(f"--cache {cache_path} is a directory, not a file")
+    if dry_run:
+        if out is not None:
+            print("\n".join(p.text_lines()), file=out, flush=True)
+        summary = Summary.of(p, dry_run=True)
+        summary.wall_s = time.perf_counter() - t0
+        return summary
+    return run_plan(p, backend_options, progress=progress, out=out)
 
-    # ---------------------------------------------------------------- what is already there
-    store: Store | None = None
+
+# ---------------------------------------------------------------------- execution
+
+
+def execute(p: Plan, backend: Backend, store: Store, progress: bool = False) -> Summary:
+    """Request every class of ``p.to_send`` from ``backend``, validate and store each answer.
+
+    An invalid answer is requested again with the next seed, up to ``p.max_invalid`` times.
+    """
+    t0 = time.perf_counter()
+    summary = Summary.of(p)
+    store.ensure_prompt(p.prompt.fingerprint, p.prompt.name, p.prompt.version, p.prompt.canonical)
+    dset = store.ensure_set(p.classes.name, p.prompt.fingerprint, p.backend, p.model, p.params, p.n)
+    if dset.id != p.set_id:
+        raise RuntimeError(f"the cache gave set {dset.id} for the planned set {p.set_id}")
+    run = _Execution(p, store, dset, summary, _Progress(len(p.to_send)) if progress else None)
     try:
-        if cache_path.exists():
-            try:
-                store = Store(cache_path, create=False)
-            except StoreError as exc:
-                raise GenerateInputError(str(exc)) from None
-            completed = store.completed_classes(set_id)
-        else:
-            completed = set()
-        cached = [c for c in classes.names if c in completed]
-        todo = list(classes.names) if force else [c for c in classes.names if c not in completed]
-        summary.cached = 0 if force else len(cached)
-        summary.to_request = todo
-
-        if dry_run:
-            _print_plan(out, summary, classes, prm, params, n, cache_path)
-            summary.wall_s = time.perf_counter() - t0
-            return summary
-        if not todo:
-            summary.wall_s = time.perf_counter() - t0
-            return summary
-
-        # ------------------------------------------------------------ backend, then the store
-        if backend_obj is None:
-            try:
-                if backend == "openai":
-                    be = get_backend(
-                        "openai",
-                        model=model_name,
-                        base_url=base_url,
-                        concurrency=concurrency,
-                        timeout=timeout,
-                        max_attempts=max_attempts,
-                    )
-                else:
-                    be = get_backend("vllm", model=model_name, **(vllm_options or {}))
-            except BackendError as exc:
-                raise GenerateInputError(scrub_secrets(str(exc)) or "backend error") from None
-        else:
-            be = backend_obj
-        if store is None:
-            try:
-                store = Store(cache_path, create=True)
-            except StoreError as exc:
-                raise GenerateInputError(str(exc)) from None
-            except OSError as exc:
-                raise GenerateInputError(
-                    f"cannot create the cache {cache_path}: {exc.strerror or exc}"
-                ) from None
-        store.ensure_prompt(prm.fingerprint, prm.name, prm.version, prm.canonical)
-        dset = store.ensure_set(classes.name, prm.fingerprint, backend_name, model_name, params, n)
-        assert dset.id == set_id
-        _run(store, dset, be, classes, prm, params, n, todo, max_invalid, force, summary, progress)
+        pending = list(p.to_send)
+        for round_ in range(p.max_invalid + 1):
+            if not pending:
+                break
+            pending = run.round(backend, pending, round_)
     finally:
-        if store is not None:
-            store.close()
+        run.close()
     summary.wall_s = time.perf_counter() - t0
-    if summary.failures and out is not None:
-        _print(out, f"{len(summary.failures)} classes incomplete:")
-        for name, reason in list(summary.failures.items())[:20]:
-            _print(out, f"  {name}: {reason}")
-        if len(summary.failures) > 20:
-            _print(out, f"  ... and {len(summary.failures) - 20} more (see `descgen audit`)")
     return summary
 
 
-def _print_plan(
-    out: TextIO | None,
-    s: GenerateSummary,
-    classes: ClassList,
-    prm: Prompt,
-    params: dict[str, Any],
-    n: int,
-    cache_path: Path,
-) -> None:
-    _print(out, f"dataset   {classes.name} ({len(classes.names)} classes from {classes.source})")
-    _print(out, f"prompt    {prm.label} ({prm.fingerprint[:16]})")
-    _print(out, f"backend   {s.backend}, model {s.model}")
-    _print(out, f"params    {json.dumps(params, sort_keys=True)}, N={n}")
-    exists = "" if cache_path.exists() else " (does not exist yet)"
-    _print(out, f"cache     {cache_path}{exists}, set {s.set_id}")
-    _print(out, f"cached    {s.cached} classes")
-    _print(out, f"to send   {len(s.to_request)} requests (more if answers are invalid or requests fail)")
-    for name in s.to_request:
-        _print(out, f"  {name}")
+@dataclass
+class _Round:
+    """The state of one pass over the pending classes (one seed)."""
+
+    number: int
+    last: bool
+    rows: dict[str, dict[str, Any]]  # class name -> the request as stored
+    retry: list[str] = field(default_factory=list)
+    reported: set[str] = field(default_factory=set)
 
 
-def _run(
-    store: Store,
-    dset: Any,
-    be: Backend,
-    classes: ClassList,
-    prm: Prompt,
-    params: dict[str, Any],
-    n: int,
-    todo: list[str],
-    max_invalid: int,
-    force: bool,
-    summary: GenerateSummary,
-    progress: bool,
-) -> None:
-    from descgen.validate import InvalidAnswer, Limits, validate_answer  # pydantic: only when needed
+class _Execution:
+    """Sends rounds of requests and records each response as it arrives."""
 
-    limits = Limits(n=n, min_chars=prm.min_chars, max_chars=prm.max_chars)
-    schema = prm.schema(n)
-    index = {name: i for i, name in enumerate(classes.names)}
-    messages = {
-        name: prm.messages(classes.name, classes.description, name, n) for name in todo
-    }  # rendered once per class
+    def __init__(self, p: Plan, store: Store, dset: Any, summary: Summary, bar: _Progress | None):
+        from descgen.validate import Limits  # pydantic: only when needed
 
-    def make_request(name: str, round_: int) -> Request:
+        self.plan, self.store, self.dset, self.summary, self.bar = p, store, dset, summary, bar
+        self.limits = Limits(n=p.n, min_chars=p.prompt.min_chars, max_chars=p.prompt.max_chars)
+        self.schema = p.prompt.schema(p.n)
+        self.index = {name: i for i, name in enumerate(p.classes.names)}
+        c = p.classes
+        self.messages = {name: p.prompt.messages(c.name, c.description, name, p.n) for name in p.to_send}
+
+    def request(self, name: str, round_: int) -> Request:
+        params = self.plan.params
         return Request(
             key=name,
-            messages=messages[name],
-            schema=schema,
-            schema_name=prm.schema_name,
+            messages=self.messages[name],
+            schema=self.schema,
+            schema_name=self.plan.prompt.schema_name,
             temperature=params["temperature"],
             max_tokens=params["max_tokens"],
             seed=params["seed"] + round_,  # a new seed for each retry of an invalid answer
             top_p=params["top_p"],
         )
 
-    bar = _Progress(len(todo)) if progress else None
-    pending = list(todo)
-    try:
-        for round_ in range(max_invalid + 1):
-            if not pending:
-                break
-            retry: list[str] = []
-            reported: set[str] = set()
-            requests = [make_request(name, round_) for name in pending]
-            request_rows = {r.key: _request_row(r) for r in requests}
-            last_round = round_ == max_invalid
+    def round(self, backend: Backend, pending: list[str], number: int) -> list[str]:
+        """Send one request per pending class; return the classes to request again."""
+        requests = [self.request(name, number) for name in pending]
+        rnd = _Round(number, number == self.plan.max_invalid, {r.key: _request_row(r) for r in requests})
+        backend.run(requests, partial(self.on_done, rnd))
+        for name in pending:  # a class the backend did not report at all counts as failed
+            if name not in rnd.reported:
+                self._fail(name, "the backend returned no response")
+        return rnd.retry
 
-            def on_done(
-                resp: Response,
-                round_: int = round_,
-                last_round: bool = last_round,
-                retry: list[str] = retry,
-                reported: set[str] = reported,
-                request_rows: dict[str, dict[str, Any]] = request_rows,
-            ) -> None:
-                name = resp.key
-                row = request_rows.get(name)
-                if row is None or name in reported:  # not ours, or reported twice: ignore
-                    return
-                reported.add(name)
-                summary.requests += resp.attempts
-                summary.prompt_tokens += resp.prompt_tokens or 0
-                summary.completion_tokens += resp.completion_tokens or 0
-                common = {
-                    "class_id": index[name],
-                    "attempt": round_ + 1,
-                    "seed": params["seed"] + round_,
-                    "request": row,
-                    "raw_response": scrub_secrets(resp.text, patterns=False),
-                    "prompt_tokens": resp.prompt_tokens,
-                    "completion_tokens": resp.completion_tokens,
-                    "latency_s": resp.latency_s,
-                }
-                if resp.error is not None:
-                    reason = scrub_secrets(resp.error) or "error"
-                    store.record_attempt(dset, name, status="error", error=reason, **common)
-                    summary.errors += 1
-                    summary.failed += 1
-                    summary.failures[name] = reason
-                    if bar:
-                        bar.advance(ok=False)
-                    return
-                try:
-                    answer = validate_answer(resp.text, limits)
-                except InvalidAnswer as exc:
-                    reason = str(exc)
-                    store.record_attempt(dset, name, status="invalid", error=reason, **common)
-                    summary.invalid += 1
-                    if last_round:
-                        summary.failed += 1
-                        summary.failures[name] = f"invalid answer: {reason}"
-                        if bar:
-                            bar.advance(ok=False)
-                    else:
-                        retry.append(name)
-                    return
-                spatial = [prm.sentence("spatial", p, name) for p in answer.spatial]
-                temporal = [prm.sentence("temporal", p, name) for p in answer.temporal]
-                store.record_success(
-                    dset,
-                    name,
-                    spatial,
-                    temporal,
-                    phrases={"spatial": answer.spatial, "temporal": answer.temporal},
-                    replace=force,
-                    **common,
-                )
-                summary.done += 1
-                summary.failures.pop(name, None)
-                if bar:
-                    bar.advance(ok=True)
+    def on_done(self, rnd: _Round, resp: Response) -> None:
+        name = resp.key
+        if name not in rnd.rows or name in rnd.reported:  # not ours, or reported twice: ignore
+            return
+        rnd.reported.add(name)
+        s = self.summary
+        s.requests += resp.attempts
+        s.prompt_tokens += resp.prompt_tokens or 0
+        s.completion_tokens += resp.completion_tokens or 0
+        common = {
+            "class_id": self.index[name],
+            "attempt": rnd.number + 1,
+            "seed": self.plan.params["seed"] + rnd.number,
+            "request": rnd.rows[name],
+            "raw_response": scrub_secrets(resp.text, patterns=False),
+            "prompt_tokens": resp.prompt_tokens,
+            "completion_tokens": resp.completion_tokens,
+            "latency_s": resp.latency_s,
+        }
+        if resp.error is not None:
+            reason = scrub_secrets(resp.error) or "error"
+            self.store.record_attempt(self.dset, name, status="error", error=reason, **common)
+            s.errors += 1
+            self._fail(name, reason)
+            return
+        self._answer(rnd, name, resp.text, common)
 
-            be.run(requests, on_done)
-            # A class the backend did not report at all counts as failed in this run.
-            for name in pending:
-                if name not in reported:
-                    summary.failed += 1
-                    summary.failures[name] = "the backend returned no response"
-                    if bar:
-                        bar.advance(ok=False)
-            pending = retry
-    finally:
-        if bar:
-            bar.close()
+    def _answer(self, rnd: _Round, name: str, text: str | None, common: dict[str, Any]) -> None:
+        from descgen.validate import InvalidAnswer, validate_answer
+
+        try:
+            answer = validate_answer(text, self.limits)
+        except InvalidAnswer as exc:
+            self.store.record_attempt(self.dset, name, status="invalid", error=str(exc), **common)
+            self.summary.invalid += 1
+            if rnd.last:
+                self._fail(name, f"invalid answer: {exc}")
+            else:
+                rnd.retry.append(name)
+            return
+        prm = self.plan.prompt
+        self.store.record_success(
+            self.dset,
+            name,
+            [prm.sentence("spatial", phrase, name) for phrase in answer.spatial],
+            [prm.sentence("temporal", phrase, name) for phrase in answer.temporal],
+            phrases={"spatial": answer.spatial, "temporal": answer.temporal},
+            replace=self.plan.force,
+            **common,
+        )
+        self.summary.done += 1
+        self.summary.failures.pop(name, None)
+        if self.bar:
+            self.bar.advance(ok=True)
+
+    def _fail(self, name: str, reason: str) -> None:
+        self.summary.failed += 1
+        self.summary.failures[name] = reason
+        if self.bar:
+            self.bar.advance(ok=False)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
 
 
 def _request_row(r: Request) -> dict[str, Any]:
@@ -414,7 +340,7 @@ def _request_row(r: Request) -> dict[str, Any]:
 
 
 class _Progress:
-    """A rich progress bar on stderr (no-op when rich cannot draw)."""
+    """A rich progress bar on stderr."""
 
     def __init__(self, total: int):
         from rich.console import Console

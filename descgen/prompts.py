@@ -21,6 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from descgen.errors import DescgenError
+
 DEFAULT_PROMPT = "msta-general-v1"
 
 MESSAGE_FIELDS = {"dataset", "dataset_description", "class_name", "n"}
@@ -28,7 +30,7 @@ SENTENCE_FIELDS = {"phrase", "class_name", "class_lower"}
 SAMPLING_KEYS = {"temperature": float, "top_p": float, "max_tokens": int, "n": int, "seed": int}
 
 
-class PromptError(Exception):
+class PromptError(DescgenError):
     """A prompt cannot be found or is malformed. The message is meant for the user."""
 
 

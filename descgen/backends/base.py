@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
+
+from descgen.errors import DescgenError
 
 
-class BackendError(Exception):
+class BackendError(DescgenError):
     """A backend cannot be used (missing package, bad configuration). Message is user-facing."""
 
 
@@ -50,3 +52,15 @@ class Backend(Protocol):
         ``Response.error`` instead.
         """
         ...
+
+
+class BackendFactory(Protocol):
+    """What the registry needs from a backend class: its defaults, its options, a constructor."""
+
+    name: ClassVar[str]
+    default_model: ClassVar[str | None]  # None: the model must be given
+    model_hint: ClassVar[str]  # the message when a needed model is missing
+    option_names: ClassVar[tuple[str, ...]]  # generation options this backend takes
+
+    @classmethod
+    def from_options(cls, model: str, options: dict[str, Any]) -> Backend: ...

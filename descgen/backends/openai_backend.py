@@ -79,6 +79,13 @@ def parse_retry_after(headers: Any) -> float | None:
 
 class OpenAIBackend:
     name = "openai"
+    default_model: str | None = DEFAULT_MODEL
+    model_hint = ""
+    option_names = ("base_url", "concurrency", "timeout", "max_attempts")
+
+    @classmethod
+    def from_options(cls, model: str, options: dict[str, Any]) -> OpenAIBackend:
+        return cls(model=model, **{k: v for k, v in options.items() if k in cls.option_names})
 
     def __init__(
         self,
@@ -231,19 +238,7 @@ class OpenAIBackend:
         import openai
 
         t0 = time.perf_counter()
-        body = {
-            "model": self.model,
-            "messages": req.messages,
-            "temperature": req.temperature,
-            "top_p": req.top_p,
-            "max_completion_tokens": req.max_tokens,
-            "seed": req.seed,
-            "n": 1,
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": req.schema_name, "schema": req.schema, "strict": True},
-            },
-        }
+        body = self._body(req)
         try:
             # The same request as ``client.chat.completions.create(**body)``, sent through the
             # client's generic ``post`` and read as the raw HTTP response: this skips the SDK's
@@ -273,32 +268,51 @@ class OpenAIBackend:
             raise _Fatal(self._scrub(f"malformed response from the server: {exc}")) from None
         except openai.OpenAIError as exc:
             raise _Fatal(self._scrub(f"{type(exc).__name__}: {exc}")) from None
-        latency = time.perf_counter() - t0
-        try:
-            data = json.loads(raw.content)
-            choice = data["choices"][0]
-            message = choice["message"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise _Retryable("the server sent a response that is not a chat completion") from None
-        text = message.get("content")
-        refusal = message.get("refusal")
-        usage = data.get("usage") or {}
-        extra: dict[str, Any] = {"finish_reason": choice.get("finish_reason"), "latency_attempt_s": latency}
-        if data.get("system_fingerprint"):
-            extra["system_fingerprint"] = data["system_fingerprint"]
-        if data.get("model"):
-            extra["served_model"] = data["model"]
-        if refusal:
-            extra["refusal"] = refusal
-            if text is None:
-                text = json.dumps({"refusal": refusal})
-        return Response(
-            key=req.key,
-            text=text if isinstance(text, str) or text is None else json.dumps(text),
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            extra=extra,
-        )
+        return _parse_completion(req.key, raw.content, time.perf_counter() - t0)
+
+    def _body(self, req: Request) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": req.messages,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "max_completion_tokens": req.max_tokens,
+            "seed": req.seed,
+            "n": 1,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": req.schema_name, "schema": req.schema, "strict": True},
+            },
+        }
+
+
+def _parse_completion(key: str, content: bytes, latency: float) -> Response:
+    """A chat-completion body as a Response; _Retryable when it is not one."""
+    try:
+        data = json.loads(content)
+        choice = data["choices"][0]
+        message = choice["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise _Retryable("the server sent a response that is not a chat completion") from None
+    text = message.get("content")
+    refusal = message.get("refusal")
+    usage = data.get("usage") or {}
+    extra: dict[str, Any] = {"finish_reason": choice.get("finish_reason"), "latency_attempt_s": latency}
+    if data.get("system_fingerprint"):
+        extra["system_fingerprint"] = data["system_fingerprint"]
+    if data.get("model"):
+        extra["served_model"] = data["model"]
+    if refusal:
+        extra["refusal"] = refusal
+        if text is None:
+            text = json.dumps({"refusal": refusal})
+    return Response(
+        key=key,
+        text=text if isinstance(text, str) or text is None else json.dumps(text),
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+        extra=extra,
+    )
 
 
 def _error_detail(exc: Any) -> str:

@@ -62,6 +62,13 @@ class VLLMBackend:
     """Runs requests through ``vllm.LLM.chat`` in this process, with structured outputs."""
 
     name = "vllm"
+    default_model: str | None = None
+    model_hint = "--backend vllm needs --model (a Hugging Face name or a local path)"
+    option_names = ("vllm_options",)
+
+    @classmethod
+    def from_options(cls, model: str, options: dict[str, Any]) -> VLLMBackend:
+        return cls(model, **(options.get("vllm_options") or {}))
 
     def __init__(self, model: str, **options: Any) -> None:
         if importlib.util.find_spec("vllm") is None:

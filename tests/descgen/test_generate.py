@@ -9,33 +9,15 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from descgen.generate import GenerateInputError, generate
 from descgen.prompts import load_prompt
 from descgen.store import Store
+from tests.descgen.conftest import DESCGEN, REPO
 from tests.descgen.fake_openai import FakeOpenAI, phrases_for
-
-REPO = Path(__file__).resolve().parents[2]
-_SCRIPT = Path(sys.executable).with_name("descgen")
-# The installed console script when there is one; otherwise the same entry point through -c.
-DESCGEN = (
-    [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from descgen.cli import main; main()"]
-)
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI().start()
-    monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _classes(tmp_path: Path, count: int, name: str = "toy") -> Path:
@@ -44,11 +26,11 @@ def _classes(tmp_path: Path, count: int, name: str = "toy") -> Path:
     return path
 
 
-def _run(fake: FakeOpenAI, tmp_path: Path, classes: Path, **kw):
+def _run(fake_openai: FakeOpenAI, tmp_path: Path, classes: Path, **kw):
     args = dict(
         classes_file=classes,
         cache=tmp_path / "cache.db",
-        base_url=fake.url,
+        base_url=fake_openai.url,
         model="fake-model",
         concurrency=4,
         timeout=5.0,
@@ -58,19 +40,19 @@ def _run(fake: FakeOpenAI, tmp_path: Path, classes: Path, **kw):
     return generate(**args)
 
 
-def _env(fake: FakeOpenAI) -> dict[str, str]:
-    env = dict(os.environ, OPENAI_API_KEY=fake.api_key, PYTHONPATH=str(REPO))
+def _env(fake_openai: FakeOpenAI) -> dict[str, str]:
+    env = dict(os.environ, OPENAI_API_KEY=fake_openai.api_key, PYTHONPATH=str(REPO))
     env.pop("COLUMNS", None)
     return env
 
 
-def test_generates_every_class_and_rerun_sends_nothing(fake: FakeOpenAI, tmp_path: Path) -> None:
+def test_generates_every_class_and_rerun_sends_nothing(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     classes = _classes(tmp_path, 10)
-    s = _run(fake, tmp_path, classes, n=3)
+    s = _run(fake_openai, tmp_path, classes, n=3)
     assert (s.done, s.cached, s.failed, s.exit_code) == (10, 0, 0, 0)
-    assert fake.count() == 10
+    assert fake_openai.count() == 10
     assert s.prompt_tokens > 0 and s.completion_tokens > 0
-    assert {e["model"] for e in fake.entries()} == {"fake-model"}
+    assert {e["model"] for e in fake_openai.entries()} == {"fake-model"}
     with Store(tmp_path / "cache.db") as st:
         (dset,) = st.list_sets(dataset="toy")
         assert (dset.backend, dset.model, dset.n) == ("openai", "fake-model", 3)
@@ -89,34 +71,36 @@ def test_generates_every_class_and_rerun_sends_nothing(fake: FakeOpenAI, tmp_pat
         gens = st.generations(dset.id)
         assert len(gens) == 10 and {g["status"] for g in gens} == {"ok"}
         assert all(g["raw_response"].startswith('{"spatial"') for g in gens)
-    fake.reset_log()
-    again = _run(fake, tmp_path, classes, n=3)
+    fake_openai.reset_log()
+    again = _run(fake_openai, tmp_path, classes, n=3)
     assert (again.done, again.cached, again.failed) == (0, 10, 0)
-    assert fake.count() == 0
+    assert fake_openai.count() == 0
     # Another N is another set: everything is requested again.
-    other = _run(fake, tmp_path, classes, n=2)
-    assert other.done == 10 and fake.count() == 10
+    other = _run(fake_openai, tmp_path, classes, n=2)
+    assert other.done == 10 and fake_openai.count() == 10
 
 
-def test_concurrency_is_bounded(fake: FakeOpenAI, tmp_path: Path) -> None:
-    fake.latency = 0.15
-    s = _run(fake, tmp_path, _classes(tmp_path, 12), concurrency=3)
+def test_concurrency_is_bounded(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    fake_openai.latency = 0.15
+    s = _run(fake_openai, tmp_path, _classes(tmp_path, 12), concurrency=3)
     assert s.done == 12
-    assert fake.max_in_flight == 3
+    assert fake_openai.max_in_flight == 3
 
 
-def test_failures_are_retried_recorded_and_reported(fake: FakeOpenAI, tmp_path: Path) -> None:
+def test_failures_are_retried_recorded_and_reported(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     names = [f"action number {i}" for i in range(8)]
-    fake.script(names[0], "429:1", "ok")  # rate limited once, must wait >= 1 s
-    fake.script(names[1], "500", "503", "ok")  # recovers on the third attempt
-    fake.script(names[2], "500")  # never recovers
-    fake.script(names[3], "hang")  # always times out
-    fake.script(names[4], "malformed", "ok")  # invalid once, then fine
-    fake.script(names[5], "schema")  # always invalid
-    fake.script(names[6], "dup", "ok")
-    fake.hang_s = 10
+    fake_openai.script(names[0], "429:1", "ok")  # rate limited once, must wait >= 1 s
+    fake_openai.script(names[1], "500", "503", "ok")  # recovers on the third attempt
+    fake_openai.script(names[2], "500")  # never recovers
+    fake_openai.script(names[3], "hang")  # always times out
+    fake_openai.script(names[4], "malformed", "ok")  # invalid once, then fine
+    fake_openai.script(names[5], "schema")  # always invalid
+    fake_openai.script(names[6], "dup", "ok")
+    fake_openai.hang_s = 10
     out = io.StringIO()
-    s = _run(fake, tmp_path, _classes(tmp_path, 8), timeout=0.5, max_attempts=3, max_invalid=2, out=out)
+    s = _run(
+        fake_openai, tmp_path, _classes(tmp_path, 8), timeout=0.5, max_attempts=3, max_invalid=2, out=out
+    )
     assert s.exit_code == 1
     assert (s.done, s.failed) == (5, 3)
     assert set(s.failures) == {names[2], names[3], names[5]}
@@ -125,15 +109,15 @@ def test_failures_are_retried_recorded_and_reported(fake: FakeOpenAI, tmp_path: 
     assert "invalid answer" in s.failures[names[5]] and "expected 2 phrases" in s.failures[names[5]]
     assert names[2] in out.getvalue() and "3 classes incomplete" in out.getvalue()
 
-    first, second = fake.entries(names[0])
+    first, second = fake_openai.entries(names[0])
     assert second["t"] - first["t"] >= 1.0  # Retry-After honoured
-    assert fake.count(names[1]) == 3
-    assert fake.count(names[2]) == 3  # capped attempts
-    assert fake.count(names[3]) == 3
-    assert fake.count(names[5]) == 3  # 1 + max_invalid re-requests
-    seeds = [e["seed"] for e in fake.entries(names[5])]
+    assert fake_openai.count(names[1]) == 3
+    assert fake_openai.count(names[2]) == 3  # capped attempts
+    assert fake_openai.count(names[3]) == 3
+    assert fake_openai.count(names[5]) == 3  # 1 + max_invalid re-requests
+    seeds = [e["seed"] for e in fake_openai.entries(names[5])]
     assert seeds == [0, 1, 2]  # each re-request after an invalid answer uses a new seed
-    assert fake.count(names[7]) == 1
+    assert fake_openai.count(names[7]) == 1
 
     with Store(tmp_path / "cache.db") as st:
         (dset,) = st.list_sets()
@@ -148,20 +132,20 @@ def test_failures_are_retried_recorded_and_reported(fake: FakeOpenAI, tmp_path: 
 
     # The run is resumable: once the server behaves, only the three missing classes are sent.
     for name in (names[2], names[3], names[5]):
-        fake.script(name, "ok")
-    fake.reset_log()
-    s2 = _run(fake, tmp_path, _classes(tmp_path, 8))
+        fake_openai.script(name, "ok")
+    fake_openai.reset_log()
+    s2 = _run(fake_openai, tmp_path, _classes(tmp_path, 8))
     assert (s2.done, s2.cached, s2.failed, s2.exit_code) == (3, 5, 0, 0)
-    assert {e["class_name"] for e in fake.entries()} == {names[2], names[3], names[5]}
+    assert {e["class_name"] for e in fake_openai.entries()} == {names[2], names[3], names[5]}
 
 
 def test_wrong_key_is_not_retried_and_stops_the_run(
-    fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-key-1234567890")
-    s = _run(fake, tmp_path, _classes(tmp_path, 20), concurrency=1)
+    s = _run(fake_openai, tmp_path, _classes(tmp_path, 20), concurrency=1)
     assert s.failed == 20 and s.exit_code == 1
-    assert fake.count() == 1  # the first 401 says every other request would fail too
+    assert fake_openai.count() == 1  # the first 401 says every other request would fail too
     assert s.requests == 1
     assert all("HTTP 401" in r for r in s.failures.values())
     assert "sk-wrong" not in " ".join(s.failures.values())
@@ -190,15 +174,14 @@ def test_unreachable_server_fails_fast(tmp_path: Path, monkeypatch: pytest.Monke
         assert len(st.generations(status="error")) == 30  # every class has its error row
 
 
-def test_key_never_written_or_printed(fake: FakeOpenAI, tmp_path: Path) -> None:
+def test_key_never_written_or_printed(fake_openai: FakeOpenAI, tmp_path: Path, descgen_cli) -> None:
     classes = _classes(tmp_path, 6)
-    fake.script("action number 0", "500")  # the error body repeats the Authorization header
-    fake.script("action number 5", "401")  # so does this one (late, so it does not stop the run)
-    fake.script("action number 2", "malformed", "ok")
+    fake_openai.script("action number 0", "500")  # the error body repeats the Authorization header
+    fake_openai.script("action number 5", "401")  # so does this one (late, so it does not stop the run)
+    fake_openai.script("action number 2", "malformed", "ok")
     cache = tmp_path / "cache.db"
-    cmd = [*DESCGEN, "generate", "--classes", str(classes), "--cache", str(cache), "--base-url", fake.url]
-    cmd += ["--model", "fake-model", "--max-attempts", "2", "--concurrency", "2"]
-    r = subprocess.run(cmd, env=_env(fake), capture_output=True, text=True, timeout=120)
+    args = ["generate", "--classes", str(classes), "--cache", str(cache), "--base-url", fake_openai.url]
+    r = descgen_cli(*args, "--model", "fake-model", "--max-attempts", "2", "--concurrency", "2")
     assert r.returncode == 1, r.stderr
     assert "toy: 6 classes | 4 done, 0 cached, 2 failed" in r.stdout
     assert "HTTP 500" in r.stderr and "Traceback" not in r.stderr
@@ -206,16 +189,16 @@ def test_key_never_written_or_printed(fake: FakeOpenAI, tmp_path: Path) -> None:
     with Store(cache) as st:
         assert any("Bearer ***" in (g["error"] or "") for g in st.generations())
     for text in (r.stdout, r.stderr, blob.decode("utf-8", "replace")):
-        assert fake.api_key not in text
-    assert fake.api_key.encode() not in blob
+        assert fake_openai.api_key not in text
+    assert fake_openai.api_key.encode() not in blob
 
 
-def test_force_replaces_without_duplicates(fake: FakeOpenAI, tmp_path: Path) -> None:
+def test_force_replaces_without_duplicates(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     classes = _classes(tmp_path, 4)
-    _run(fake, tmp_path, classes)
-    fake.reset_log()
-    s = _run(fake, tmp_path, classes, force=True)
-    assert (s.done, s.cached) == (4, 0) and fake.count() == 4
+    _run(fake_openai, tmp_path, classes)
+    fake_openai.reset_log()
+    s = _run(fake_openai, tmp_path, classes, force=True)
+    assert (s.done, s.cached) == (4, 0) and fake_openai.count() == 4
     with Store(tmp_path / "cache.db") as st:
         (dset,) = st.list_sets()
         assert st.count_rows("descriptions") == 4 * 2 * 2
@@ -223,21 +206,76 @@ def test_force_replaces_without_duplicates(fake: FakeOpenAI, tmp_path: Path) -> 
         assert statuses == ["ok"] * 4 + ["superseded"] * 4
 
 
-def test_dry_run_writes_nothing(fake: FakeOpenAI, tmp_path: Path) -> None:
+def test_dry_run_writes_nothing(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     classes = _classes(tmp_path, 5)
     out = io.StringIO()
-    s = _run(fake, tmp_path, classes, dry_run=True, out=out)
+    s = _run(fake_openai, tmp_path, classes, dry_run=True, out=out)
     assert s.dry_run and s.to_request == [f"action number {i}" for i in range(5)]
     assert not (tmp_path / "cache.db").exists()
-    assert fake.count() == 0
+    assert fake_openai.count() == 0
     assert "to send   5 requests" in out.getvalue() and "action number 3" in out.getvalue()
-    _run(fake, tmp_path, _classes(tmp_path, 3, name="first3"), dataset="toy")  # cache 3 of the 5
-    fake.reset_log()
+    _run(fake_openai, tmp_path, _classes(tmp_path, 3, name="first3"), dataset="toy")  # cache 3 of the 5
+    fake_openai.reset_log()
     before = (tmp_path / "cache.db").read_bytes()
-    s = _run(fake, tmp_path, classes, dry_run=True, out=io.StringIO())
+    s = _run(fake_openai, tmp_path, classes, dry_run=True, out=io.StringIO())
     assert (s.cached, len(s.to_request)) == (3, 2)
-    assert fake.count() == 0
+    assert fake_openai.count() == 0
     assert (tmp_path / "cache.db").read_bytes() == before
+
+
+def test_dry_run_json_is_the_plan(fake_openai: FakeOpenAI, tmp_path: Path, descgen_cli) -> None:
+    import json
+
+    classes = _classes(tmp_path, 4)
+    _run(fake_openai, tmp_path, _classes(tmp_path, 1, name="first"), dataset="toy")  # cache class 0
+    fake_openai.reset_log()
+    before = (tmp_path / "cache.db").read_bytes()
+    args = [
+        "generate",
+        "--classes",
+        str(classes),
+        "--cache",
+        str(tmp_path / "cache.db"),
+        "--dry-run",
+        "--json",
+    ]
+    r = descgen_cli(*args, "--model", "fake-model", "--n", "2", "--seed", "3")
+    assert r.returncode == 0, r.output
+    plan = json.loads(r.stdout)  # one JSON object, nothing else on stdout
+    prompt = load_prompt()
+    assert plan["dataset"] == "toy" and plan["backend"] == "openai" and plan["model"] == "fake-model"
+    assert plan["prompt"] == {"name": prompt.label, "fingerprint": prompt.fingerprint}
+    assert plan["n"] == 2 and plan["params"]["seed"] == 3
+    assert (plan["classes"], plan["complete"], plan["to_send"]) == (4, 0, 4)  # another seed: another set
+    r = descgen_cli(*args, "--model", "fake-model")
+    plan = json.loads(r.stdout)
+    assert (plan["classes"], plan["complete"], plan["to_send"]) == (4, 1, 3)
+    assert plan["to_send_classes"] == [f"action number {i}" for i in (1, 2, 3)]
+    with Store(tmp_path / "cache.db") as st:
+        (dset,) = st.list_sets()
+    assert plan["set_id"] == dset.id
+    assert fake_openai.count() == 0 and (tmp_path / "cache.db").read_bytes() == before
+    r = descgen_cli("generate", "--classes", str(classes), "--json")
+    assert r.returncode == 2 and r.stderr == "error: --json needs --dry-run (it prints the plan)\n"
+
+
+def test_user_errors_and_interrupts_end_in_one_line(monkeypatch: pytest.MonkeyPatch, descgen_cli) -> None:
+    import descgen.plan
+    from descgen.errors import DescgenError
+
+    def fail(**_kw):
+        raise DescgenError("the cache is busy", code=3)
+
+    monkeypatch.setattr(descgen.plan, "plan", fail)
+    r = descgen_cli("generate", "--dataset", "k400")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "", "error: the cache is busy\n")
+
+    def interrupt(**_kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(descgen.plan, "plan", interrupt)
+    r = descgen_cli("generate", "--dataset", "k400")
+    assert r.returncode == 130 and r.stderr.startswith("interrupted") and "Traceback" not in r.output
 
 
 @pytest.mark.parametrize(
@@ -259,11 +297,8 @@ def test_dry_run_writes_nothing(fake: FakeOpenAI, tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str, descgen_cli
 ) -> None:
-    from descgen.cli import _register, app
-
-    _register()
     (tmp_path / "dup.csv").write_text("id,name\n0,a\n1,a\n")
     (tmp_path / "gap.csv").write_text("id,name\n0,a\n2,b\n")
     (tmp_path / "empty.txt").write_text("")
@@ -275,8 +310,8 @@ def test_bad_input_exits_2_and_writes_nothing(
     else:
         args += ["--base-url", "http://127.0.0.1:9/v1"]
     cache = tmp_path / "sub" / "cache.db"
-    r = CliRunner().invoke(app, ["generate", *args, "--cache", str(cache)])
-    assert r.exit_code == 2, r.output
+    r = descgen_cli("generate", *args, "--cache", str(cache))
+    assert r.returncode == 2, r.output
     assert message in r.output
     assert "Traceback" not in r.output
     assert not cache.exists() and not cache.parent.exists()
@@ -309,17 +344,26 @@ def test_generate_does_not_import_heavy_libraries() -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume(fake: FakeOpenAI, tmp_path: Path) -> None:
+def test_sigkill_mid_run_then_resume(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     count = 60
     classes = _classes(tmp_path, count)
     cache = tmp_path / "cache.db"
-    fake.latency = 0.1
-    cmd = [*DESCGEN, "generate", "--classes", str(classes), "--cache", str(cache), "--base-url", fake.url]
+    fake_openai.latency = 0.1
+    cmd = [
+        *DESCGEN,
+        "generate",
+        "--classes",
+        str(classes),
+        "--cache",
+        str(cache),
+        "--base-url",
+        fake_openai.url,
+    ]
     cmd += ["--model", "fake-model", "--concurrency", "4"]
-    proc = subprocess.Popen(cmd, env=_env(fake), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=_env(fake_openai), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while fake.count() < 20 and time.monotonic() < deadline and proc.poll() is None:
+        while fake_openai.count() < 20 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.02)
         assert proc.poll() is None, "the run finished before it could be killed"
         proc.send_signal(signal.SIGKILL)
@@ -340,13 +384,13 @@ def test_sigkill_mid_run_then_resume(fake: FakeOpenAI, tmp_path: Path) -> None:
     conn.close()
     assert set(per_class) == done_before and set(per_class.values()) == {4}
 
-    fake.reset_log()
-    fake.latency = 0.0
-    r = subprocess.run(cmd, env=_env(fake), capture_output=True, text=True, timeout=120)
+    fake_openai.reset_log()
+    fake_openai.latency = 0.0
+    r = subprocess.run(cmd, env=_env(fake_openai), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert f"{count - len(done_before)} done, {len(done_before)} cached, 0 failed" in r.stdout
     all_names = {f"action number {i}" for i in range(count)}
-    requested = [e["class_name"] for e in fake.entries()]
+    requested = [e["class_name"] for e in fake_openai.entries()]
     assert sorted(requested) == sorted(all_names - done_before)  # only what was missing, once each
 
     conn = sqlite3.connect(cache)
@@ -370,38 +414,32 @@ def test_input_error_type_from_python() -> None:
         generate()
 
 
-def test_prompts_diff_counts_classes_per_version(fake: FakeOpenAI, tmp_path: Path) -> None:
-    from descgen.cli import _register, app
-
-    _register()
+def test_prompts_diff_counts_classes_per_version(
+    fake_openai: FakeOpenAI, tmp_path: Path, descgen_cli
+) -> None:
     classes = _classes(tmp_path, 5)
-    _run(fake, tmp_path, classes, prompt="msta-general-v1")
-    _run(fake, tmp_path, _classes(tmp_path, 2, name="toy2"), prompt="msta-terse-v1")
+    _run(fake_openai, tmp_path, classes, prompt="msta-general-v1")
+    _run(fake_openai, tmp_path, _classes(tmp_path, 2, name="toy2"), prompt="msta-terse-v1")
     cache = tmp_path / "cache.db"
     with Store(cache) as st:
         stored = {p["name"] for p in st.list_prompts()}
     assert stored == {"msta-general", "msta-terse"}
-    r = CliRunner().invoke(
-        app, ["prompts", "diff", "msta-general-v1", "msta-terse-v1", "--cache", str(cache)]
-    )
-    assert r.exit_code == 0, r.output
+    r = descgen_cli("prompts", "diff", "msta-general-v1", "msta-terse-v1", "--cache", str(cache))
+    assert r.returncode == 0, r.output
     assert "+sampling.temperature = 0.4" in r.output
     assert "msta-general-v1: 5 classes with descriptions in 1 sets" in r.output
     assert "msta-terse-v1: 2 classes with descriptions in 1 sets" in r.output
     # The terse prompt's user message names the class differently; the server still saw it.
-    assert {e["class_name"] for e in fake.entries()} >= {"action number 0", "action number 1"}
+    assert {e["class_name"] for e in fake_openai.entries()} >= {"action number 0", "action number 1"}
 
 
-def test_datasets_command(shared_data: Path, tmp_path: Path) -> None:
-    from descgen.cli import _register, app
-
-    _register()
-    r = CliRunner().invoke(app, ["datasets", "--data-dir", str(shared_data)])
-    assert r.exit_code == 0, r.output
+def test_datasets_command(shared_data: Path, tmp_path: Path, descgen_cli) -> None:
+    r = descgen_cli("datasets", "--data-dir", str(shared_data))
+    assert r.returncode == 0, r.output
     for name, count in (("k400", 400), ("k600", 600), ("hmdb51", 51), ("ucf101", 101), ("ssv2", 174)):
         assert f"{name:<8} {count} classes" in r.output
-    r = CliRunner().invoke(app, ["datasets", "--data-dir", str(tmp_path)])
-    assert r.exit_code == 0 and r.output.count("not found") == 5
+    r = descgen_cli("datasets", "--data-dir", str(tmp_path))
+    assert r.returncode == 0 and r.output.count("not found") == 5
 
 
 # ---------------------------------------------------------------------- validation and backend pieces
@@ -482,13 +520,56 @@ def test_missing_key_and_scrubbing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert scrub_secrets("a sk-proj-ABCDEFGH1234 answer", patterns=False) == "a sk-proj-ABCDEFGH1234 answer"
 
 
-def test_a_file_that_is_not_a_cache_is_refused(fake: FakeOpenAI, tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_cache_is_refused(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     cache = tmp_path / "notes.db"
     cache.write_text("these are my notes, not a database\n" * 20)
     before = cache.read_bytes()
     with pytest.raises(GenerateInputError, match="not a usable SQLite cache"):
-        _run(fake, tmp_path, _classes(tmp_path, 2), cache=cache)
-    assert cache.read_bytes() == before and fake.count() == 0
+        _run(fake_openai, tmp_path, _classes(tmp_path, 2), cache=cache)
+    assert cache.read_bytes() == before and fake_openai.count() == 0
+
+
+class EchoBackend:
+    """A backend that answers every request with valid phrases (registered by name in a test)."""
+
+    name = "echo"
+    default_model = "echo-1"
+    model_hint = ""
+    option_names = ("concurrency",)
+    made: list[EchoBackend] = []
+
+    def __init__(self, model: str, concurrency: int = 1) -> None:
+        self.model, self.concurrency, self.sent = model, concurrency, 0
+        EchoBackend.made.append(self)
+
+    @classmethod
+    def from_options(cls, model: str, options: dict) -> EchoBackend:
+        return cls(model, **options)
+
+    def run(self, requests, on_done) -> None:
+        import json
+
+        from descgen.backends import Response
+
+        for r in requests:
+            self.sent += 1
+            on_done(Response(key=r.key, text=json.dumps(phrases_for(r.key, 2)), prompt_tokens=5))
+
+
+def test_a_registered_backend_is_used_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from descgen import backends
+
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    backends.register_backend("echo", f"{__name__}:EchoBackend")
+    EchoBackend.made.clear()
+    classes = _classes(tmp_path, 3)
+    s = generate(classes_file=classes, cache=tmp_path / "c.db", backend="echo", concurrency=5, base_url="x")
+    assert (s.done, s.failed, s.backend, s.model, s.prompt_tokens) == (3, 0, "echo", "echo-1", 15)
+    (be,) = EchoBackend.made
+    assert (be.concurrency, be.sent) == (5, 3)  # only the options it takes reach it
+    with Store(tmp_path / "c.db") as st:
+        (dset,) = st.list_sets()
+        assert (dset.backend, dset.model) == ("echo", "echo-1") and len(st.completed_classes(dset.id)) == 3
 
 
 def test_vllm_backend_without_vllm_says_how_to_install(tmp_path: Path) -> None:
@@ -502,18 +583,17 @@ def test_vllm_backend_without_vllm_says_how_to_install(tmp_path: Path) -> None:
     assert not (tmp_path / "c.db").exists()
 
 
-def test_prompts_show_from_the_cache_by_fingerprint(fake: FakeOpenAI, tmp_path: Path) -> None:
-    from descgen.cli import _register, app
-
-    _register()
+def test_prompts_show_from_the_cache_by_fingerprint(
+    fake_openai: FakeOpenAI, tmp_path: Path, descgen_cli
+) -> None:
     src = Path(load_prompt("msta-terse-v1").source).read_text()
     custom = tmp_path / "custom.toml"
     custom.write_text(src.replace('name = "msta-terse"', 'name = "my-prompt"'))
-    _run(fake, tmp_path, _classes(tmp_path, 2), prompt=str(custom))
+    _run(fake_openai, tmp_path, _classes(tmp_path, 2), prompt=str(custom))
     fp = load_prompt(str(custom)).fingerprint
     custom.unlink()  # the cache keeps the full text
-    r = CliRunner().invoke(app, ["prompts", "show", fp[:12], "--cache", str(tmp_path / "cache.db")])
-    assert r.exit_code == 0, r.output
+    r = descgen_cli("prompts", "show", fp[:12], "--cache", str(tmp_path / "cache.db"))
+    assert r.returncode == 0, r.output
     assert f"sha256 {fp}" in r.output and 'name = "my-prompt"' in r.output
-    r = CliRunner().invoke(app, ["prompts", "show", "ffffffffffff", "--cache", str(tmp_path / "cache.db")])
-    assert r.exit_code == 2 and "no prompt" in r.output
+    r = descgen_cli("prompts", "show", "ffffffffffff", "--cache", str(tmp_path / "cache.db"))
+    assert r.returncode == 2 and "no prompt" in r.output

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from descgen.prompts import (
     DEFAULT_PROMPT,
@@ -19,13 +18,6 @@ from descgen.prompts import (
     load_prompt_file,
     prompt_from_content,
 )
-
-
-def _cli():
-    from descgen.cli import _register, app
-
-    _register()
-    return app
 
 
 def test_shipped_prompts_load_and_differ() -> None:
@@ -129,18 +121,17 @@ def test_diff_shows_real_changes() -> None:
     assert diff_prompts(a, a) == ""
 
 
-def test_prompts_commands(tmp_path: Path) -> None:
-    runner = CliRunner()
-    app = _cli()
-    r = runner.invoke(app, ["prompts", "list"])
-    assert r.exit_code == 0, r.output
+def test_prompts_commands(tmp_path: Path, descgen_cli) -> None:
+    r = descgen_cli("prompts", "list")
+    assert r.returncode == 0, r.output
     assert "msta-general-v1" in r.output and "msta-terse-v1" in r.output
-    r = runner.invoke(app, ["prompts", "show", "msta-terse"])
-    assert r.exit_code == 0
+    r = descgen_cli("prompts", "show", "msta-terse")
+    assert r.returncode == 0
     assert load_prompt("msta-terse").fingerprint in r.output
     assert "sentences.temporal" in r.output
-    r = runner.invoke(app, ["prompts", "diff", "msta-general-v1", "msta-terse-v1"])
-    assert r.exit_code == 0 and "+sampling.temperature = 0.4" in r.output
-    r = runner.invoke(app, ["prompts", "show", "nope"])
-    assert r.exit_code == 2
-    assert "unknown prompt" in r.output and "Traceback" not in r.output
+    r = descgen_cli("prompts", "diff", "msta-general-v1", "msta-terse-v1")
+    assert r.returncode == 0 and "+sampling.temperature = 0.4" in r.output
+    r = descgen_cli("prompts", "show", "nope")
+    assert r.returncode == 2
+    assert r.stderr == "error: " + r.stderr.removeprefix("error: ") and "unknown prompt" in r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.output

@@ -1,4 +1,5 @@
-"""Fixtures for the encode, audit and transfer tests: real cache files, a tiny random-weight CLIP."""
+"""Fixtures for the encode, audit and transfer tests: real cache files, a tiny random-weight CLIP,
+the command line in this process and in a subprocess, and the loopback OpenAI-compatible server."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 DESCGEN = [sys.executable, "-c", "from descgen.cli import main; main()"]
 
 
-def run_cli_process(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli_process(*args: str, env: dict | None = None, timeout: float = 300) -> CliResult:
     """Run ``descgen ARGS`` as a subprocess from the repository root and capture its output."""
-    return subprocess.run(
+    res = subprocess.run(
         [*DESCGEN, *args],
         capture_output=True,
         text=True,
@@ -29,6 +30,53 @@ def run_cli_process(*args: str, env: dict | None = None, timeout: float = 300) -
         cwd=REPO,
         env={**os.environ, **(env or {})},
     )
+    return CliResult(res.returncode, res.stdout, res.stderr)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(*args: str) -> CliResult:
+    """Run a descgen command in this process (the real Typer app) and capture its output."""
+    from typer.testing import CliRunner
+
+    from descgen.cli import app
+
+    res = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    return CliResult(res.exit_code, res.stdout, res.stderr)
+
+
+@pytest.fixture
+def descgen_cli():
+    """Run a descgen command in this process: ``descgen_cli("audit", "--cache", ...)``."""
+    return run_cli
+
+
+@pytest.fixture
+def descgen_process():
+    """Run a descgen command in a subprocess: ``descgen_process("audit", ..., env={...})``."""
+    return run_cli_process
+
+
+@pytest.fixture
+def fake_openai(monkeypatch: pytest.MonkeyPatch):
+    """The loopback OpenAI-compatible server (tests/descgen/fake_openai.py), its key in OPENAI_API_KEY."""
+    from tests.descgen.fake_openai import FakeOpenAI
+
+    server = FakeOpenAI().start()
+    monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 TEMPLATE_S = "A video about {}."
@@ -111,21 +159,3 @@ def write_classes(path: Path, names: list[str]) -> Path:
     lines = ["id,name"] + [f'{i},"{n}"' if "," in n else f"{i},{n}" for i, n in enumerate(names)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run_cli(*args: str) -> CliResult:
-    """Run a descgen command in this process (the real Typer app) and capture its output."""
-    from typer.testing import CliRunner
-
-    from descgen.cli import _register, app
-
-    _register()
-    res = CliRunner().invoke(app, list(args), catch_exceptions=False)
-    return CliResult(res.exit_code, res.stdout, res.stderr)

@@ -13,15 +13,12 @@ from descgen.encode import encode_missing
 from descgen.store import Store
 from descgen.transfer import import_files
 
-from .conftest import make_generated_set, run_cli, run_cli_process, sentences, write_classes
+from .conftest import make_generated_set, sentences, write_classes
 
 REPO = Path(__file__).resolve().parents[2]
 FILE = re.compile(
     r"^(?P<ds>[a-z0-9]+?)(?:_(?P<split>base|novel))?_(?P<kind>spatial|temporal)_(?P<n>\d+)\.json$"
 )
-
-
-_cli = run_cli
 
 
 def _published_groups(shared_data: Path) -> dict[tuple[str, str | None, int], dict[str, Path]]:
@@ -148,10 +145,10 @@ def test_leak_rule():
     assert not is_leak("A video about .", "abseiling")
 
 
-def test_cli_audit_exit_codes_json_and_table(tmp_path, shared_data):
+def test_cli_audit_exit_codes_json_and_table(tmp_path, shared_data, descgen_process, descgen_cli):
     db = tmp_path / "c.db"
     m = shared_data / "descriptions" / "msta"
-    r = _cli(
+    r = descgen_cli(
         "import",
         "--cache",
         str(db),
@@ -164,14 +161,14 @@ def test_cli_audit_exit_codes_json_and_table(tmp_path, shared_data):
     )
     assert r.returncode == 0, r.stderr
     base = ["audit", "--cache", str(db), "--dataset", "k600", "--data-dir", str(shared_data)]
-    r = _cli(*base)
+    r = descgen_cli(*base)
     assert r.returncode == 0, r.stderr
     assert "battle rope training" in r.stdout and "duplicate" in r.stdout
     assert "1 findings in 1 of 600 classes" in r.stdout
-    r = _cli(*base, "--strict")
+    r = descgen_cli(*base, "--strict")
     assert r.returncode == 1
-    j1 = run_cli_process(*base, "--json")
-    j2 = _cli(*base, "--json")
+    j1 = descgen_process(*base, "--json")
+    j2 = descgen_cli(*base, "--json")
     assert j1.returncode == 0 and j1.stdout == j2.stdout
     doc = json.loads(j1.stdout)
     assert list(doc) == sorted(doc)
@@ -180,7 +177,7 @@ def test_cli_audit_exit_codes_json_and_table(tmp_path, shared_data):
     assert {"class", "kind", "check", "message"} <= set(f)
     assert (f["class"], f["kind"], f["check"]) == ("battle rope training", "spatial", "duplicate")
     # A clean set passes --strict.
-    r = _cli(
+    r = descgen_cli(
         "import",
         "--cache",
         str(db),
@@ -194,13 +191,15 @@ def test_cli_audit_exit_codes_json_and_table(tmp_path, shared_data):
         str(m / "hmdb51_temporal_2.json"),
     )
     assert r.returncode == 0
-    r = _cli("audit", "--cache", str(db), "--dataset", "hmdb51", "--data-dir", str(shared_data), "--strict")
+    r = descgen_cli(
+        "audit", "--cache", str(db), "--dataset", "hmdb51", "--data-dir", str(shared_data), "--strict"
+    )
     assert r.returncode == 0 and "0 findings" in r.stdout
-    r = _cli("audit", "--cache", str(tmp_path / "nope.db"), "--dataset", "k600")
+    r = descgen_cli("audit", "--cache", str(tmp_path / "nope.db"), "--dataset", "k600")
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_show_the_whole_chain(tmp_path, tiny_clip_config):
+def test_show_the_whole_chain(tmp_path, tiny_clip_config, descgen_cli):
     db = tmp_path / "c.db"
     with Store(db) as st:
         make_generated_set(
@@ -210,7 +209,7 @@ def test_show_the_whole_chain(tmp_path, tiny_clip_config):
             prompt_text="SYSTEM: describe the action {cls} carefully",
             failures={"abseiling": [("invalid", "temporal: 3 items, expected 2")]},
         )
-    r = _cli(
+    r = descgen_cli(
         "encode",
         "--cache",
         str(db),
@@ -221,7 +220,7 @@ def test_show_the_whole_chain(tmp_path, tiny_clip_config):
         "--no-progress",
     )
     assert r.returncode == 0, r.stderr
-    r = _cli("show", "--cache", str(db), "--dataset", "toy", "--class", "abseiling")
+    r = descgen_cli("show", "--cache", str(db), "--dataset", "toy", "--class", "abseiling")
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for needle in (
@@ -238,16 +237,16 @@ def test_show_the_whole_chain(tmp_path, tiny_clip_config):
         "RANDOM",
     ):
         assert needle in out, needle
-    r = _cli("show", "--cache", str(db), "--dataset", "toy", "--class", "abseiling", "--json")
+    r = descgen_cli("show", "--cache", str(db), "--dataset", "toy", "--class", "abseiling", "--json")
     doc = json.loads(r.stdout)
     assert len(doc["descriptions"]) == 4 and all(d["embeddings"][0]["dim"] == 64 for d in doc["descriptions"])
     assert [g["status"] for g in doc["generations"]] == ["invalid", "ok"]
     assert doc["prompt"]["content"].startswith("SYSTEM:")
-    r = _cli("show", "--cache", str(db), "--dataset", "toy", "--class", "abseil")
+    r = descgen_cli("show", "--cache", str(db), "--dataset", "toy", "--class", "abseil")
     assert r.returncode == 2 and "similar: abseiling" in r.stderr
 
 
-def test_usage_costs_and_failures(tmp_path, store):
+def test_usage_costs_and_failures(tmp_path, store, descgen_cli):
     make_generated_set(
         store,
         "toy",
@@ -279,22 +278,22 @@ def test_usage_costs_and_failures(tmp_path, store):
     prices.write_text('[models."openai/my-local-model"]\ninput = 1.0\noutput = 2.0\n')
     rep2 = usage_report(store, str(prices))
     assert {r["model"]: r["cost_usd"] for r in rep2["models"]}["my-local-model"] == pytest.approx(30 / 1e6)
-    r = _cli("usage", "--cache", str(store.path))
+    r = descgen_cli("usage", "--cache", str(store.path))
     assert r.returncode == 0, r.stderr
     assert "gpt-4o-mini" in r.stdout and "?" in r.stdout and "HTTP 429 rate limited" in r.stdout
-    j = json.loads(_cli("usage", "--cache", str(store.path), "--json").stdout)
+    j = json.loads(descgen_cli("usage", "--cache", str(store.path), "--json").stdout)
     assert j["models"][0]["model"] == "gpt-4o-mini"
 
 
-def test_audit_with_custom_class_list(tmp_path, shared_data):
+def test_audit_with_custom_class_list(tmp_path, shared_data, descgen_cli):
     db = tmp_path / "c.db"
     classes = write_classes(tmp_path / "mini.csv", ["wave", "jump"])
     f = tmp_path / "d.json"
     f.write_text(json.dumps({"wave": ["A video about an arm.", "A video about a hand."]}))
-    r = _cli(
+    r = descgen_cli(
         "import", "--cache", str(db), "--dataset", "mini", "--classes", str(classes), "--spatial", str(f)
     )
     assert r.returncode == 0, r.stderr
-    r = _cli("audit", "--cache", str(db), "--dataset", "mini", "--classes", str(classes), "--json")
+    r = descgen_cli("audit", "--cache", str(db), "--dataset", "mini", "--classes", str(classes), "--json")
     doc = json.loads(r.stdout)
     assert [(x["class"], x["kind"], x["check"]) for x in doc["findings"]] == [("jump", "spatial", "missing")]

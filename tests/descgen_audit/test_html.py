@@ -13,7 +13,7 @@ import pytest
 from descgen.audit import audit_set
 from descgen.report import write_html
 
-from .conftest import make_generated_set, run_cli, sentences, write_classes
+from .conftest import make_generated_set, sentences, write_classes
 
 EVIL = "<script>alert(1)</script>"
 EVIL_TEXT = 'A video about "><img src=x onerror=alert(2)> & friends.'
@@ -123,10 +123,10 @@ def test_page_source_is_escaped_and_self_contained(page):
     assert not [a for _, a in dom.tags if a.get("src")]
 
 
-def test_cli_writes_html(tmp_path, store):
+def test_cli_writes_html(tmp_path, store, descgen_cli):
     make_generated_set(store, "toy", {"a": sentences("a", ["x", "x"], ["s", "t"])})
     out = tmp_path / "a.html"
-    r = run_cli("audit", "--cache", str(store.path), "--dataset", "toy", "--html", str(out))
+    r = descgen_cli("audit", "--cache", str(store.path), "--dataset", "toy", "--html", str(out))
     assert r.returncode == 0, r.stderr
     assert out.is_file() and "duplicate" in out.read_text()
 

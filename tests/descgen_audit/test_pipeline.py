@@ -6,36 +6,16 @@ with the real openai client; failures are scripted per class.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
-
-import pytest
 
 from descgen.encode import load_description_embeddings, select_set
 from descgen.store import Store
 
 from .conftest import run_cli, write_classes
 
-REPO = Path(__file__).resolve().parents[2]
-FAKE = REPO / "tests" / "descgen" / "fake_openai.py"
 
-
-def _fake_module():
-    spec = importlib.util.spec_from_file_location("fake_openai_for_audit", FAKE)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.mark.skipif(not FAKE.is_file(), reason="the loopback OpenAI test server is not in this checkout")
-def test_commands_on_a_generated_cache(tmp_path, monkeypatch, tiny_clip_config, tiny_encoder):
-    fake_mod = _fake_module()
-    server = fake_mod.FakeOpenAI().start()
-    monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
+def test_commands_on_a_generated_cache(tmp_path, fake_openai, tiny_clip_config, tiny_encoder):
+    server = fake_openai
     names = ["pick up", "put down", "wave hand", "always broken", "duplicated"]
     classes = write_classes(tmp_path / "toy.csv", names)
     server.script("always broken", "500")

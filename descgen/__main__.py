@@ -1,0 +1,5 @@
+"""``python -m descgen``: the descgen command line."""
+
+from descgen.cli import main
+
+main()
