@@ -55,7 +55,9 @@ def check_command(
 ) -> None:
     """Count videos per class and find missing files, videos that do not decode, malformed lines and
     label ids out of range. Exit code 0 when clean, 1 when problems were found, 2 for bad input."""
-    from msta.data import DataError, check_list, load_classes
+    from msta.checks import check_list
+    from msta.data import load_classes
+    from msta.video import DataError
 
     num_classes = None
     try:

@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from msta.data import DataError, VideoDataset, read_video_list
+from msta.data import VideoDataset, read_video_list
 from msta.synth import synth_dataset
+from msta.video import DataError
 
 
 @pytest.fixture(scope="module")

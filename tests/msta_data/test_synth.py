@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from msta.data import check_list, default_hflip, load_classes, open_reader, read_video_list
+from msta.checks import check_list
+from msta.data import default_hflip, load_classes, read_video_list
 from msta.synth import SynthError, draw_clip_params, render_clip, resolve_motions, synth_dataset
+from msta.video import open_reader
 
 
 @pytest.fixture(scope="module")
