@@ -90,8 +90,6 @@ def check_list(
 
     Raises :class:`DataError` when the list file or the root cannot be used at all.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     check_decoder(decoder)
     root_p = Path(root).expanduser()
     if not root_p.is_dir():
@@ -100,19 +98,8 @@ def check_list(
     report = CheckReport(list_file=str(list_file), root=str(root_p), num_classes=num_classes)
     report.total = len(entries)
     report.malformed = [{"line": n, "text": text, "error": reason} for n, text, reason in bad]
-    counts = Counter(e.label for e in entries)
-    report.per_class = dict(sorted(counts.items()))
-    if num_classes is not None:
-        report.out_of_range = [
-            {"line": e.line, "path": e.path, "label": e.label} for e in entries if e.label >= num_classes
-        ]
-        report.empty_classes = [c for c in range(num_classes) if counts.get(c, 0) == 0]
-    first: dict[str, int] = {}
-    for e in entries:
-        if e.path in first:
-            report.duplicates.append({"line": e.line, "path": e.path, "first_line": first[e.path]})
-        else:
-            first[e.path] = e.line
+    _count_labels(report, entries, num_classes)
+    report.duplicates = _duplicates(entries)
     present: list[ListEntry] = []
     for e in entries:
         if (root_p / e.path).exists():
@@ -121,25 +108,61 @@ def check_list(
             report.missing.append({"line": e.line, "path": e.path})
     unique = list({e.path: e for e in present}.values())
     nworkers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    done = 0
-    total = len(unique)
-    if progress:
-        progress(0, total)
-    errors: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=max(1, nworkers)) as pool:
-        futures = [(e, pool.submit(_probe, root_p / e.path, decoder, num_frames)) for e in unique]
-        for e, fut in futures:
-            err = fut.result()
-            if err is not None:
-                errors[e.path] = err
-            done += 1
-            if progress:
-                progress(done, total)
-    report.checked_decoding = total
+    errors = _probe_all(root_p, unique, decoder, num_frames, nworkers, progress)
+    report.checked_decoding = len(unique)
     report.unreadable = [
         {"line": e.line, "path": e.path, "error": errors[e.path]} for e in present if e.path in errors
     ]
     return report
+
+
+def _count_labels(report: CheckReport, entries: list[ListEntry], num_classes: int | None) -> None:
+    """Videos per class; with ``num_classes``, labels out of range and classes without videos."""
+    counts = Counter(e.label for e in entries)
+    report.per_class = dict(sorted(counts.items()))
+    if num_classes is not None:
+        report.out_of_range = [
+            {"line": e.line, "path": e.path, "label": e.label} for e in entries if e.label >= num_classes
+        ]
+        report.empty_classes = [c for c in range(num_classes) if counts.get(c, 0) == 0]
+
+
+def _duplicates(entries: list[ListEntry]) -> list[dict[str, Any]]:
+    """Entries whose path was listed on an earlier line."""
+    first: dict[str, int] = {}
+    found: list[dict[str, Any]] = []
+    for e in entries:
+        if e.path in first:
+            found.append({"line": e.line, "path": e.path, "first_line": first[e.path]})
+        else:
+            first[e.path] = e.line
+    return found
+
+
+def _probe_all(
+    root: Path,
+    entries: list[ListEntry],
+    decoder: str,
+    num_frames: int,
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, str]:
+    """Decode every entry on a thread pool; the error of each path that failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    total = len(entries)
+    if progress:
+        progress(0, total)
+    errors: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [(e, pool.submit(_probe, root / e.path, decoder, num_frames)) for e in entries]
+        for done, (e, fut) in enumerate(futures, start=1):
+            err = fut.result()
+            if err is not None:
+                errors[e.path] = err
+            if progress:
+                progress(done, total)
+    return errors
 
 
 __all__ = ["CheckReport", "check_list"]
