@@ -66,7 +66,9 @@ def breakdown(
     root: Path, items: list[tuple[str, int]], decoder: str, size: int, frames: int
 ) -> tuple[float, float]:
     """Mean seconds per clip spent decoding and transforming, in this process."""
-    from msta.data import open_reader, segment_indices, train_transform
+    from msta.data import segment_indices
+    from msta.transforms import train_transform
+    from msta.video import open_reader
 
     rng = np.random.default_rng(0)
     t_dec = t_tf = 0.0
@@ -98,7 +100,7 @@ def main() -> None:
 
     import torch
 
-    from msta.data import decord_available
+    from msta.video import decord_available
 
     torch.set_num_threads(1)  # a fair per-process comparison; workers use one thread each anyway
     with tempfile.TemporaryDirectory(prefix="dataload-bench-") as tmp:

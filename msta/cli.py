@@ -18,10 +18,20 @@ app.add_typer(data_app, name="data")
 def _register() -> None:
     from msta import cli_data, cli_model, cli_train  # noqa: F401
 
+    if not data_app.registered_commands:
+        data_app.command("check")(cli_data.check_command)
+        data_app.command("synth")(cli_data.synth_command)
+
 
 def main() -> None:
+    from msta.errors import MstaError
+
     _register()
-    app()
+    try:
+        app()
+    except MstaError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None
 
 
 if __name__ == "__main__":

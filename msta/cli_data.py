@@ -1,18 +1,17 @@
-"""``msta data check`` and ``msta data synth``."""
+"""``msta data check`` and ``msta data synth``: command functions, registered by :mod:`msta.cli`.
+
+User errors are raised (``MstaError`` subclasses); the command line turns them into one message."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from msta.cli import data_app
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(code)
+if TYPE_CHECKING:
+    from msta.checks import CheckReport
 
 
 def _progress(description: str):  # -> (Progress, callback)
@@ -35,7 +34,6 @@ def _progress(description: str):  # -> (Progress, callback)
     return progress, update
 
 
-@data_app.command("check")
 def check_command(
     list_file: Path = typer.Option(..., "--list", help="Video list: '<relative path> <label id>' per line."),
     root: Path = typer.Option(..., "--root", help="Directory the list's paths are relative to."),
@@ -55,54 +53,52 @@ def check_command(
 ) -> None:
     """Count videos per class and find missing files, videos that do not decode, malformed lines and
     label ids out of range. Exit code 0 when clean, 1 when problems were found, 2 for bad input."""
-    from msta.data import DataError, check_list, load_classes
+    from msta.checks import check_list
+    from msta.data import load_classes
 
-    num_classes = None
-    try:
-        if classes is not None:
-            num_classes = len(load_classes(classes, data_dir))
-        progress, update = _progress("Checking videos")
-        with progress:
-            report = check_list(
-                list_file, root, num_classes=num_classes, decoder=decoder, workers=workers,
-                num_frames=frames, progress=update,
-            )  # fmt: skip
-    except DataError as exc:
-        _fail(str(exc))
-        return
+    num_classes = len(load_classes(classes, data_dir)) if classes is not None else None
+    progress, update = _progress("Checking videos")
+    with progress:
+        report = check_list(
+            list_file, root, num_classes=num_classes, decoder=decoder, workers=workers,
+            num_frames=frames, progress=update,
+        )  # fmt: skip
     if json_out:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        kinds = [
-            ("malformed line", report.malformed, lambda p: f"line {p['line']}: {p['error']}: {p['text']!r}"),
-            ("missing", report.missing, lambda p: f"line {p['line']}: {p['path']}"),
-            ("unreadable", report.unreadable, lambda p: f"line {p['line']}: {p['path']}: {p['error']}"),
-            (
-                "label out of range",
-                report.out_of_range,
-                lambda p: f"line {p['line']}: {p['path']}: label {p['label']} (classes: {num_classes})",
-            ),
-        ]
-        for kind, items, fmt in kinds:
-            for p in items[:show]:
-                typer.echo(f"{kind}: {fmt(p)}", err=True)
-            if len(items) > show:
-                typer.echo(f"{kind}: ... {len(items) - show} more", err=True)
-        if report.empty_classes:
-            shown = ", ".join(str(c) for c in report.empty_classes[:20])
-            more = " ..." if len(report.empty_classes) > 20 else ""
-            typer.echo(f"note: {len(report.empty_classes)} classes have no videos: {shown}{more}", err=True)
-        counts = sorted(report.per_class.values())
-        if counts:
-            typer.echo(
-                f"videos per class: min {counts[0]}, median {counts[len(counts) // 2]}, max {counts[-1]}"
-            )
-        status = "OK" if report.ok else f"{report.problems} problems"
-        typer.echo(f"{status}: {report.summary()}")
+        _print_report(report, show)
     raise typer.Exit(0 if report.ok else 1)
 
 
-@data_app.command("synth")
+def _print_report(report: CheckReport, show: int) -> None:
+    """Problems (at most ``show`` per kind) on stderr; counts and the summary line on stdout."""
+    n = report.num_classes
+    kinds = [
+        ("malformed line", report.malformed, lambda p: f"line {p['line']}: {p['error']}: {p['text']!r}"),
+        ("missing", report.missing, lambda p: f"line {p['line']}: {p['path']}"),
+        ("unreadable", report.unreadable, lambda p: f"line {p['line']}: {p['path']}: {p['error']}"),
+        (
+            "label out of range",
+            report.out_of_range,
+            lambda p: f"line {p['line']}: {p['path']}: label {p['label']} (classes: {n})",
+        ),
+    ]
+    for kind, items, fmt in kinds:
+        for p in items[:show]:
+            typer.echo(f"{kind}: {fmt(p)}", err=True)
+        if len(items) > show:
+            typer.echo(f"{kind}: ... {len(items) - show} more", err=True)
+    if report.empty_classes:
+        shown = ", ".join(str(c) for c in report.empty_classes[:20])
+        more = " ..." if len(report.empty_classes) > 20 else ""
+        typer.echo(f"note: {len(report.empty_classes)} classes have no videos: {shown}{more}", err=True)
+    counts = sorted(report.per_class.values())
+    if counts:
+        typer.echo(f"videos per class: min {counts[0]}, median {counts[len(counts) // 2]}, max {counts[-1]}")
+    status = "OK" if report.ok else f"{report.problems} problems"
+    typer.echo(f"{status}: {report.summary()}")
+
+
 def synth_command(
     out: Path = typer.Option(..., "--out", help="Output directory (becomes the video root)."),
     videos_per_class: int = typer.Option(40, "--videos-per-class", min=1, help="Training videos per class."),
@@ -126,18 +122,14 @@ def synth_command(
 ) -> None:
     """Write a small synthetic dataset of real mp4 videos whose classes differ only in motion,
     with train/val lists, a class list and a manifest."""
-    from msta.synth import SynthError, synth_dataset
+    from msta.synth import synth_dataset
 
-    try:
-        progress, update = _progress("Writing videos")
-        with progress:
-            result = synth_dataset(
-                out, videos_per_class=videos_per_class, val_per_class=val_per_class, frames=frames,
-                size=size, seed=seed, motions=motions, fps=fps, style=style, overwrite=force, progress=update,
-            )  # fmt: skip
-    except (SynthError, OSError) as exc:
-        _fail(str(exc))
-        return
+    progress, update = _progress("Writing videos")
+    with progress:
+        result = synth_dataset(
+            out, videos_per_class=videos_per_class, val_per_class=val_per_class, frames=frames,
+            size=size, seed=seed, motions=motions, fps=fps, style=style, overwrite=force, progress=update,
+        )  # fmt: skip
     m = result.manifest
     typer.echo(
         f"Wrote {result.train} training and {result.val} validation videos of {len(result.classes)} classes "

@@ -23,8 +23,8 @@ def _run(fn: Callable[[], Any]) -> Any:
     from descgen.store import StoreError
     from msta.checkpoint import CheckpointError
     from msta.config import ConfigError
-    from msta.data import DataError
     from msta.train import TrainError
+    from msta.video import DataError
 
     try:
         return fn()

@@ -44,9 +44,9 @@ def predict(
     """
     import torch
 
-    from msta import data as mdata
     from msta.evaluate import load_run_model, run_config
     from msta.train import pick_device
+    from msta.video import DataError
 
     path = Path(video).expanduser()
     if not path.exists():
@@ -78,7 +78,7 @@ def predict(
             max_retries=0,
         )
         sample = ds[0]
-    except mdata.DataError as exc:
+    except DataError as exc:
         raise TrainError(f"cannot read {path}: {exc}") from None
     x = sample["video"].unsqueeze(0).to(device)
     with torch.no_grad(), autocast(device):

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from msta.errors import MstaError
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -61,7 +63,7 @@ MOTION_SETS: dict[str, tuple[str, ...]] = {
 SHAPES = ("triangle", "pacman", "half_disc", "bar")
 
 
-class SynthError(ValueError):
+class SynthError(MstaError, ValueError):
     """Bad synthetic-dataset parameters."""
 
 
@@ -283,6 +285,20 @@ class SynthResult:
     manifest: dict
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The checked options of one synthetic dataset."""
+
+    keys: list[str]
+    videos_per_class: int
+    val_per_class: int
+    frames: int
+    size: int
+    seed: int
+    fps: int
+    style: str
+
+
 def synth_dataset(
     out_dir: str | Path,
     videos_per_class: int = 40,
@@ -305,93 +321,135 @@ def synth_dataset(
     still vary a few pixel values between runs). The directory is written next to ``out_dir`` and
     renamed into place at the end, so a failure leaves nothing half-written.
     """
-    keys = resolve_motions(motions)
-    if videos_per_class < 1 or val_per_class < 0:
-        raise SynthError("videos-per-class must be >= 1 and val-per-class >= 0")
-    if frames < 2:
-        raise SynthError("frames must be at least 2")
-    if size < 16 or size % 2:
-        raise SynthError("size must be an even number >= 16")
-    if fps < 1:
-        raise SynthError("fps must be positive")
-    if style not in STYLES:
-        raise SynthError(f"unknown style {style!r}: choose one of {', '.join(STYLES)}")
+    opts = _Options(resolve_motions(motions), videos_per_class, val_per_class, frames, size, seed, fps, style)
+    _check_options(opts)
     out = Path(out_dir).expanduser()
-    if out.exists():
-        if not out.is_dir():
-            raise SynthError(f"{out} exists and is not a directory")
-        if any(out.iterdir()):
-            if not overwrite:
-                raise SynthError(f"{out} is not empty (use --force to replace a synthetic dataset)")
-            if not (out / MANIFEST_NAME).is_file():
-                raise SynthError(f"{out} is not empty and holds no {MANIFEST_NAME}: not replacing it")
-    codec_name = _pick_codec(codec)
+    try:
+        _check_target(out, overwrite)
+        codec_name = _pick_codec(codec)
+        manifest = _write_dataset(out, opts, codec_name, progress)
+    except OSError as exc:  # a directory that cannot be written, a full disk...
+        raise SynthError(str(exc)) from None
+    names = manifest["classes"]
+    return SynthResult(out, names, manifest["counts"]["train"], manifest["counts"]["val"], manifest)
+
+
+def _check_options(opts: _Options) -> None:
+    if opts.videos_per_class < 1 or opts.val_per_class < 0:
+        raise SynthError("videos-per-class must be >= 1 and val-per-class >= 0")
+    if opts.frames < 2:
+        raise SynthError("frames must be at least 2")
+    if opts.size < 16 or opts.size % 2:
+        raise SynthError("size must be an even number >= 16")
+    if opts.fps < 1:
+        raise SynthError("fps must be positive")
+    if opts.style not in STYLES:
+        raise SynthError(f"unknown style {opts.style!r}: choose one of {', '.join(STYLES)}")
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    """Refuse to write into anything but a new or empty directory, or (with ``overwrite``) a
+    synthetic dataset written before."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SynthError(f"{out} exists and is not a directory")
+    if any(out.iterdir()):
+        if not overwrite:
+            raise SynthError(f"{out} is not empty (use --force to replace a synthetic dataset)")
+        if not (out / MANIFEST_NAME).is_file():
+            raise SynthError(f"{out} is not empty and holds no {MANIFEST_NAME}: not replacing it")
+
+
+def _write_dataset(
+    out: Path, opts: _Options, codec_name: str, progress: Callable[[int, int], None] | None
+) -> dict:
+    """Write everything into a temporary sibling of ``out``, then rename it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        lists: dict[str, list[str]] = {"train": [], "val": []}
-        jobs = [
-            (split, label, key, k)
-            for split, count in (("train", videos_per_class), ("val", val_per_class))
-            for label, key in enumerate(keys)
-            for k in range(count)
-        ]
-        total = len(jobs)
-        if progress:
-            progress(0, total)
-        for done, (split, label, key, k) in enumerate(jobs, start=1):
-            split_id = 0 if split == "train" else 1
-            # The appearance stream ignores the class: video k of every class shows the same shape
-            # over the same background, and only the motion (and the pixel noise) differs.
-            params = draw_clip_params(np.random.default_rng([seed % 2**63, split_id, k]), size, style)
-            noise_rng = np.random.default_rng([seed % 2**63, split_id, k, label + 1])
-            clip = render_clip(key, params, frames, size, noise_rng)
-            rel = f"videos/{split}/{key}_{k:03d}.mp4"
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            write_video(dest, clip, fps=fps, codec=codec_name)
-            lists[split].append(f"{rel} {label}")
-            if progress:
-                progress(done, total)
-        for split, lines in lists.items():
-            (tmp / f"{split}.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        names = [MOTIONS[k].name for k in keys]
-        (tmp / "classes.csv").write_text(
-            "id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(names)), encoding="utf-8"
-        )
-        pairs = sorted({tuple(sorted((k, MOTIONS[k].reverse))) for k in keys})
-        manifest = {
-            "name": "synthetic-motion",
-            "format_version": FORMAT_VERSION,
-            "classes_file": "classes.csv",
-            "train_list": "train.txt",
-            "val_list": "val.txt",
-            "root": ".",
-            "classes": names,
-            "motions": keys,
-            "reverse_pairs": [list(p) for p in pairs],
-            "frame_order_free_accuracy_ceiling": len(pairs) / len(keys),
-            "chance_accuracy": 1 / len(keys),
-            "hflip": False,
-            "videos_per_class": {"train": videos_per_class, "val": val_per_class},
-            "counts": {"train": len(lists["train"]), "val": len(lists["val"])},
-            "frames": frames,
-            "size": size,
-            "fps": fps,
-            "codec": codec_name,
-            "pix_fmt": "yuv420p",
-            "style": style,
-            "seed": seed,
-        }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(_readme(manifest), encoding="utf-8")
+        lists = _write_videos(tmp, opts, codec_name, progress)
+        manifest = _manifest(opts, codec_name, {split: len(lines) for split, lines in lists.items()})
+        _write_metadata(tmp, lists, manifest)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return SynthResult(out, names, len(lists["train"]), len(lists["val"]), manifest)
+    return manifest
+
+
+def _write_videos(
+    root: Path, opts: _Options, codec_name: str, progress: Callable[[int, int], None] | None
+) -> dict[str, list[str]]:
+    """Render and encode every video; the list lines ``<path> <label>`` of each split."""
+    lists: dict[str, list[str]] = {"train": [], "val": []}
+    jobs = [
+        (split, label, key, k)
+        for split, count in (("train", opts.videos_per_class), ("val", opts.val_per_class))
+        for label, key in enumerate(opts.keys)
+        for k in range(count)
+    ]
+    total = len(jobs)
+    if progress:
+        progress(0, total)
+    seed = opts.seed % 2**63
+    for done, (split, label, key, k) in enumerate(jobs, start=1):
+        split_id = 0 if split == "train" else 1
+        # The appearance stream ignores the class: video k of every class shows the same shape
+        # over the same background, and only the motion (and the pixel noise) differs.
+        params = draw_clip_params(np.random.default_rng([seed, split_id, k]), opts.size, opts.style)
+        noise_rng = np.random.default_rng([seed, split_id, k, label + 1])
+        clip = render_clip(key, params, opts.frames, opts.size, noise_rng)
+        rel = f"videos/{split}/{key}_{k:03d}.mp4"
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_video(dest, clip, fps=opts.fps, codec=codec_name)
+        lists[split].append(f"{rel} {label}")
+        if progress:
+            progress(done, total)
+    return lists
+
+
+def _manifest(opts: _Options, codec_name: str, counts: dict[str, int]) -> dict:
+    keys = opts.keys
+    pairs = sorted({tuple(sorted((k, MOTIONS[k].reverse))) for k in keys})
+    return {
+        "name": "synthetic-motion",
+        "format_version": FORMAT_VERSION,
+        "classes_file": "classes.csv",
+        "train_list": "train.txt",
+        "val_list": "val.txt",
+        "root": ".",
+        "classes": [MOTIONS[k].name for k in keys],
+        "motions": keys,
+        "reverse_pairs": [list(p) for p in pairs],
+        "frame_order_free_accuracy_ceiling": len(pairs) / len(keys),
+        "chance_accuracy": 1 / len(keys),
+        "hflip": False,
+        "videos_per_class": {"train": opts.videos_per_class, "val": opts.val_per_class},
+        "counts": {"train": counts["train"], "val": counts["val"]},
+        "frames": opts.frames,
+        "size": opts.size,
+        "fps": opts.fps,
+        "codec": codec_name,
+        "pix_fmt": "yuv420p",
+        "style": opts.style,
+        "seed": opts.seed,
+    }
+
+
+def _write_metadata(root: Path, lists: dict[str, list[str]], manifest: dict) -> None:
+    """The video lists, the class list, the manifest and the README."""
+    for split, lines in lists.items():
+        (root / f"{split}.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    names = manifest["classes"]
+    (root / "classes.csv").write_text(
+        "id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(names)), encoding="utf-8"
+    )
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (root / "README.md").write_text(_readme(manifest), encoding="utf-8")
 
 
 def _readme(m: dict) -> str:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from msta.data import DataError, check_list, read_video_list
+from msta.checks import check_list
+from msta.data import read_video_list
 from msta.synth import synth_dataset
+from msta.video import DataError
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from msta.data import DataError, VideoDataset, read_video_list
+from msta.data import VideoDataset, read_video_list
 from msta.synth import synth_dataset
+from msta.video import DataError
+from msta.views import ViewsError
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,10 @@ def test_multi_view_evaluation(synth: Path) -> None:
     assert make(synth, train=False, views=(3, 1))[0]["video"].shape == (3, 4, 3, 32, 32)
     with pytest.raises(DataError):
         make(synth, train=True, views=(2, 1))
+    assert make(synth, train=False, views="2x3").views == (2, 3)  # parsed by msta.views
+    for bad in ((2, 2), (0, 1), "4x"):
+        with pytest.raises(ViewsError):
+            make(synth, train=False, views=bad)
 
 
 def test_unreadable_video_is_replaced_and_counted(

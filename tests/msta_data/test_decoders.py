@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msta.data import DataError, VideoReadError, decord_available, open_reader
 from msta.synth import draw_clip_params, render_clip, write_video
+from msta.video import DataError, VideoReadError, decord_available, open_reader
 
 from . import counter_frames, read_counter, write_frames_video
 

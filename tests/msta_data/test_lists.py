@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from msta.data import ClassSpecError, DataError, default_hflip, load_classes, read_video_list
+from msta.data import ClassSpecError, default_hflip, load_classes, read_video_list
+from msta.video import DataError
 
 
 def test_read_video_list_parses_paths_labels_and_skips_blank_lines(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from msta.data import DataError, segment_indices
+from msta.data import segment_indices
+from msta.video import DataError
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 8, 9, 16, 100, 301])

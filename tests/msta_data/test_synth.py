@@ -1,18 +1,17 @@
-"""Synthetic motion datasets and the ``msta data`` commands."""
+"""Synthetic motion datasets."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from msta.data import check_list, default_hflip, load_classes, open_reader, read_video_list
+from msta.checks import check_list
+from msta.data import default_hflip, load_classes, read_video_list
 from msta.synth import SynthError, draw_clip_params, render_clip, resolve_motions, synth_dataset
+from msta.video import open_reader
 
 
 @pytest.fixture(scope="module")
@@ -174,78 +173,3 @@ def test_refuses_to_overwrite(tmp_path: Path) -> None:
     with pytest.raises(SynthError, match="unknown style"):
         synth_dataset(tmp_path / "x", style="fancy")
     assert not (tmp_path / "x").exists()
-
-
-# ------------------------------------------------------------------------------------ CLI
-
-
-def msta(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, COLUMNS="120")
-    return subprocess.run(
-        [sys.executable, "-c", "import sys; from msta.cli import main; sys.argv[0] = 'msta'; main()", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-@pytest.mark.slow
-def test_cli_synth_and_check(tmp_path: Path) -> None:
-    r = msta("data", "synth", "--out", "ds", "--videos-per-class", "2", "--val-per-class", "1", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "Wrote 8 training and 4 validation videos of 4 classes" in r.stdout
-    ds = tmp_path / "ds"
-    r = msta(
-        "data", "check", "--list", "ds/train.txt", "--root", "ds", "--classes", "ds/classes.csv", cwd=tmp_path
-    )
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1].startswith("OK: 8 videos, 4 classes of 4, 0 missing")
-
-    # now break it: a missing file, a corrupt file, a label out of range, a malformed line
-    items = read_video_list(ds / "train.txt")
-    (ds / items[1][0]).write_bytes((ds / items[1][0]).read_bytes()[:500])
-    with open(ds / "train.txt", "a", encoding="utf-8") as f:
-        f.write("videos/train/gone.mp4 0\n")
-        f.write(f"{items[0][0]} 9\n")
-        f.write("no-label-here\n")
-    r = msta(
-        "data", "check", "--list", "ds/train.txt", "--root", "ds", "--classes", "ds/classes.csv", cwd=tmp_path
-    )
-    assert r.returncode == 1
-    assert "missing: line 9: videos/train/gone.mp4" in r.stderr
-    assert f"unreadable: line 2: {items[1][0]}" in r.stderr
-    assert f"label out of range: line 10: {items[0][0]}: label 9" in r.stderr
-    assert "malformed line: line 11" in r.stderr
-    assert "Traceback" not in r.stderr
-    r = msta(
-        "data", "check", "--list", "ds/train.txt", "--root", "ds", "--classes", "ds/classes.csv", "--json",
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert r.returncode == 1
-    report = json.loads(r.stdout)
-    assert report["ok"] is False and report["problems"] == 4
-    assert [m["path"] for m in report["missing"]] == ["videos/train/gone.mp4"]
-    assert [u["path"] for u in report["unreadable"]] == [items[1][0]]
-    assert [(o["line"], o["label"]) for o in report["out_of_range"]] == [(10, 9)]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["data", "check", "--list", "nope.txt", "--root", "."],
-        ["data", "check", "--list", "list.txt", "--root", "no-dir"],
-        ["data", "check", "--list", "list.txt", "--root", ".", "--classes", "no-such-dataset"],
-        ["data", "check", "--list", "list.txt", "--root", ".", "--decoder", "magic"],
-        ["data", "synth", "--out", "d", "--motions", "left_to_right"],
-        ["data", "synth", "--out", "d", "--size", "33"],
-    ],
-)
-def test_cli_bad_input_exits_2(tmp_path: Path, args: list[str]) -> None:
-    (tmp_path / "list.txt").write_text("a.mp4 0\n")
-    r = msta(*args, cwd=tmp_path)
-    assert r.returncode == 2
-    assert r.stderr.strip().startswith("Error:") and "Traceback" not in r.stderr
-    assert not (tmp_path / "d").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from msta.data import (
+from msta.transforms import (
     CLIP_MEAN,
     CLIP_STD,
     draw_train_params,

@@ -1,0 +1,284 @@
+"""Video readers: PyAV (default), decord (optional) and folders of pre-extracted frames.
+
+A directory is always read as a folder of frames (``img_00001.jpg`` ..., in natural name order).
+Every reader has ``num_frames`` and ``get(indices)`` returning uint8 RGB ``[T, H, W, 3]``, and is a
+context manager. Readers are opened per sample, so DataLoader workers never share a decoder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from msta.errors import MstaError
+
+DECODERS = ("pyav", "decord", "frames")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class DataError(MstaError):
+    """A data problem the user can fix (bad list file, unknown decoder, unreadable video...)."""
+
+
+class VideoReadError(DataError):
+    """One video cannot be opened or decoded."""
+
+
+def check_decoder(decoder: str) -> None:
+    """Raise :class:`DataError` for an unknown decoder or one that is not installed."""
+    if decoder not in DECODERS:
+        raise DataError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
+    if decoder == "decord" and not decord_available():
+        raise DataError("decoder 'decord' is not installed: pip install decord==0.6.0")
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", name)]
+
+
+class _Reader:
+    path: Path
+    num_frames: int
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check(self, indices: Sequence[int]) -> list[int]:
+        out = [int(i) for i in indices]
+        if not out:
+            raise ValueError("no frame indices given")
+        for i in out:
+            if not 0 <= i < self.num_frames:
+                raise IndexError(f"frame {i} out of range for {self.path} ({self.num_frames} frames)")
+        return out
+
+
+class PyAVReader(_Reader):
+    """PyAV decoder. Frames are decoded sequentially; a gap longer than ``seek_gap`` frames is
+    crossed with a keyframe seek, so long videos are not decoded from the start."""
+
+    def __init__(self, path: str | Path, threads: int = 1, seek_gap: int = 120) -> None:
+        import av
+
+        self.path = Path(path)
+        self.seek_gap = seek_gap
+        self._used = False  # whether the demuxer has moved (a new request must seek first)
+        try:
+            self._container = av.open(str(self.path))
+        except Exception as exc:  # av raises many FFmpegError subclasses and OSError
+            raise VideoReadError(f"cannot open {self.path}: {short_error(exc)}") from None
+        try:
+            if not self._container.streams.video:
+                raise VideoReadError(f"{self.path} has no video stream")
+            self._stream = self._container.streams.video[0]
+            if threads != 1:
+                self._stream.thread_type = "AUTO"
+                self._stream.thread_count = max(0, threads)
+            rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
+            self.fps = float(rate) if rate else 0.0
+            tb = self._stream.time_base
+            self._tb = float(tb) if tb else 0.0
+            self._start = self._stream.start_time if self._stream.start_time is not None else 0
+            self.num_frames = int(self._stream.frames or 0)
+            if self.num_frames <= 0:
+                self.num_frames = self._count_packets()
+        except VideoReadError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            raise VideoReadError(f"cannot read {self.path}: {short_error(exc)}") from None
+        if self.num_frames <= 0:
+            self.close()
+            raise VideoReadError(f"{self.path} has no video frames")
+
+    def _count_packets(self) -> int:
+        count = 0
+        for packet in self._container.demux(self._stream):
+            if packet.size:
+                count += 1
+        self._used = True
+        return count
+
+    def _index_of(self, frame: Any, previous: int) -> int:
+        if frame.pts is None or not self.fps or not self._tb:
+            return previous + 1
+        return int(round((frame.pts - self._start) * self._tb * self.fps))
+
+    def _frames_from(self, target: int | None) -> Iterable[Any]:
+        if target is not None and self.fps and self._tb:
+            ts = self._start + int(target / self.fps / self._tb)
+            self._container.seek(ts, stream=self._stream, backward=True, any_frame=False)
+        elif target is not None:
+            self._container.seek(0)
+        return self._container.decode(self._stream)
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        wanted = sorted(set(self._check(indices)))
+        found: dict[int, np.ndarray] = {}
+        try:
+            frames: Any = None
+            pos = -1
+            last: Any = None
+            last_array: np.ndarray | None = None
+            for target in wanted:
+                if frames is None or target - pos > self.seek_gap:
+                    seek = target > self.seek_gap or frames is not None or self._used
+                    self._used = True
+                    frames = iter(self._frames_from(target if seek else None))
+                    pos, last, last_array = -1, None, None
+                while last is None or pos < target:
+                    frame = next(frames, None)
+                    if frame is None:
+                        break
+                    pos = self._index_of(frame, pos)
+                    last, last_array = frame, None
+                if last is None:
+                    raise VideoReadError(f"{self.path}: no frame decoded at or after index {target}")
+                if last_array is None:
+                    # copy: the array may share a buffer the decoder reuses for later frames
+                    last_array = np.array(last.to_ndarray(format="rgb24"), copy=True)
+                found[target] = last_array
+        except VideoReadError:
+            raise
+        except Exception as exc:
+            raise VideoReadError(f"cannot decode {self.path}: {short_error(exc)}") from None
+        return np.stack([found[int(i)] for i in indices])
+
+    def close(self) -> None:
+        container = getattr(self, "_container", None)
+        if container is not None:
+            self._container = None
+            try:
+                container.close()
+            except Exception:  # pragma: no cover - closing a broken file
+                pass
+
+
+class DecordReader(_Reader):
+    """decord decoder (optional dependency)."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        try:
+            import decord
+        except ImportError:
+            raise DataError("decoder 'decord' is not installed: pip install decord==0.6.0") from None
+        self.path = Path(path)
+        try:
+            self._vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=max(0, threads))
+            self.num_frames = len(self._vr)
+        except Exception as exc:
+            raise VideoReadError(f"cannot open {self.path}: {short_error(exc)}") from None
+        if self.num_frames <= 0:
+            raise VideoReadError(f"{self.path} has no video frames")
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        idx = self._check(indices)
+        wanted = sorted(set(idx))
+        try:
+            batch = self._vr.get_batch(wanted).asnumpy()
+        except Exception as exc:
+            raise VideoReadError(f"cannot decode {self.path}: {short_error(exc)}") from None
+        where = {v: k for k, v in enumerate(wanted)}
+        return batch[[where[i] for i in idx]]
+
+    def close(self) -> None:
+        self._vr = None
+
+
+class FramesReader(_Reader):
+    """A folder of pre-extracted frames (``img_00001.jpg`` ...), in natural name order."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise VideoReadError(f"frame folder not found: {self.path}")
+        try:
+            names = [n for n in os.listdir(self.path) if n.lower().endswith(IMAGE_SUFFIXES)]
+        except OSError as exc:
+            raise VideoReadError(f"cannot list {self.path}: {exc.strerror or exc}") from None
+        self._files = [self.path / n for n in sorted(names, key=_natural_key)]
+        self.num_frames = len(self._files)
+        if not self._files:
+            raise VideoReadError(f"frame folder {self.path} holds no images")
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        from PIL import Image
+
+        idx = self._check(indices)
+        cache: dict[int, np.ndarray] = {}
+        for i in idx:
+            if i not in cache:
+                try:
+                    with Image.open(self._files[i]) as im:
+                        cache[i] = np.asarray(im.convert("RGB"))
+                except Exception as exc:
+                    raise VideoReadError(f"cannot read frame {self._files[i]}: {short_error(exc)}") from None
+        shapes = {a.shape for a in cache.values()}
+        if len(shapes) > 1:
+            raise VideoReadError(f"frames of {self.path} differ in size: {sorted(shapes)}")
+        return np.stack([cache[i] for i in idx])
+
+
+def decord_available() -> bool:
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def open_reader(path: str | Path, decoder: str = "pyav", threads: int = 1) -> _Reader:
+    """Open a video for frame access: an object with ``num_frames`` and ``get(indices)`` returning a
+    uint8 array ``[T, H, W, 3]`` (RGB), usable as a context manager.
+
+    A directory is always read as a folder of frames. ``decoder`` picks the video decoder for files.
+    """
+    if decoder not in DECODERS:
+        raise DataError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
+    p = Path(path)
+    if p.is_dir():
+        return FramesReader(p)
+    if decoder == "frames":
+        if not p.exists():
+            raise VideoReadError(f"frame folder not found: {p}")
+        raise VideoReadError(f"{p} is not a folder of frames")
+    if not p.exists():
+        raise VideoReadError(f"video not found: {p}")
+    if decoder == "decord":
+        return DecordReader(p, threads=threads)
+    return PyAVReader(p, threads=threads)
+
+
+def short_error(exc: BaseException) -> str:
+    strerror = getattr(exc, "strerror", None)  # FFmpeg and OS errors: the message without the path
+    text = (strerror if isinstance(strerror, str) and strerror else str(exc)).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+__all__ = [
+    "DECODERS",
+    "DataError",
+    "DecordReader",
+    "FramesReader",
+    "PyAVReader",
+    "VideoReadError",
+    "check_decoder",
+    "decord_available",
+    "open_reader",
+    "short_error",
+]
