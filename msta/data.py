@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from msta.errors import MstaError
+
 log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -43,7 +45,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MANIFEST_NAME = "manifest.json"
 
 
-class DataError(Exception):
+class DataError(MstaError):
     """A data problem the user can fix (bad list file, unknown decoder, unreadable video...)."""
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from msta.errors import MstaError
+
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -61,7 +63,7 @@ MOTION_SETS: dict[str, tuple[str, ...]] = {
 SHAPES = ("triangle", "pacman", "half_disc", "bar")
 
 
-class SynthError(ValueError):
+class SynthError(MstaError, ValueError):
     """Bad synthetic-dataset parameters."""
 
 
