@@ -87,7 +87,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     assert worst <= 1e-6, f"resumed weights differ from the uninterrupted run by {worst}"
     # The weights did change during training (the comparison is not between two initialisations).
     from msta.config import load_config
-    from msta.train import build_seeded_model
+    from msta.run import build_seeded_model
 
     init = build_seeded_model(load_config([ref / "config.yaml"])).trainable_state_dict()
     assert max((init[k] - w_ref[k]).abs().max().item() for k in w_ref) > 1e-3
