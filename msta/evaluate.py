@@ -78,14 +78,8 @@ def evaluate_split(
                 generator=torch.Generator().manual_seed(0),
             )
             for batch in loader:
-                video = batch["video"].to(env.device, non_blocking=True)
                 labels = batch["label"]
-                if video.dim() == 6:  # [B, V, T, C, H, W]: several views per video
-                    b, v = video.shape[:2]
-                    logits = model(video.flatten(0, 1), text).float().view(b, v, -1)
-                    scores = logits.softmax(-1).sum(1)
-                else:
-                    scores = model(video, text).float().softmax(-1)
+                scores = _video_scores(model, batch["video"].to(env.device, non_blocking=True), text)
                 top = scores.topk(k, dim=-1).indices.cpu()
                 for idx, lab, t in zip(batch["index"].tolist(), labels.tolist(), top.tolist(), strict=True):
                     rows.append((int(idx), int(lab), t))
@@ -102,6 +96,15 @@ def evaluate_split(
         conf = sum((g[1] for g in gathered), torch.zeros_like(conf))
     skipped = sum(g[2] for g in gathered)
     return summarize(all_rows, names, conf if confusion else None, skipped)
+
+
+def _video_scores(model, video, text):
+    """Class scores per video; several views ([B, V, T, C, H, W]) sum their softmax."""
+    if video.dim() == 6:
+        b, v = video.shape[:2]
+        logits = model(video.flatten(0, 1), text).float().view(b, v, -1)
+        return logits.softmax(-1).sum(1)
+    return model(video, text).float().softmax(-1)
 
 
 def summarize(
