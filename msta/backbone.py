@@ -39,12 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from msta.errors import MstaError
+
 BlockHook = Callable[[str, int, Tensor, Tensor], Tensor | None]
 
 RANDOM_WEIGHTS_SEED = 0  # "pretrained: none" always gives the same weights (every process, every run)
 
 
-class BackboneError(RuntimeError):
+class BackboneError(MstaError, RuntimeError):
     """The backbone cannot be built or loaded. The message is meant for the user, as is."""
 
 

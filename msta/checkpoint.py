@@ -28,12 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from msta.errors import MstaError
+
 WEIGHTS = "adapters.safetensors"
 TRAINER = "trainer.pt"
 NAMES = ("last", "best")
 
 
-class CheckpointError(Exception):
+class CheckpointError(MstaError):
     """A checkpoint cannot be read. The message is meant for the user, as is."""
 
 

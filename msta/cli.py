@@ -1,8 +1,21 @@
-"""The ``msta`` command line. Each area registers its commands from its own module."""
+"""The ``msta`` command line: one Typer app. The command functions live in the ``cli_*`` modules
+and are registered here, each behind the one handler of user errors: an
+:class:`msta.errors.MstaError` (or a :class:`descgen.errors.DescgenError` raised through descgen's
+API) ends the command with ``error: <message>`` on one line of stderr and the error's exit code,
+an interrupt with ``interrupted`` and exit code 130; never a traceback.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, NoReturn
+
 import typer
+
+from descgen.errors import DescgenError
+from msta import cli_data, cli_model, cli_train
+from msta.errors import MstaError
 
 app = typer.Typer(
     name="msta",
@@ -15,27 +28,38 @@ data_app = typer.Typer(help="Check video lists and write synthetic datasets.", n
 app.add_typer(data_app, name="data")
 
 
-def _register() -> None:
-    from msta import cli_data, cli_model, cli_train  # noqa: F401
+def fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with ``error: <message>`` on stderr and exit status ``code``."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
 
-    if not data_app.registered_commands:
-        data_app.command("check")(cli_data.check_command)
-        data_app.command("synth")(cli_data.synth_command)
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with its user errors and interrupts turned into one line on stderr and an exit code."""
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (MstaError, DescgenError) as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+    return command
+
+
+app.command("train")(user_errors(cli_train.train_command))
+app.command("eval")(user_errors(cli_train.eval_command))
+app.command("predict")(user_errors(cli_train.predict_command))
+app.command("params")(user_errors(cli_model.params_command))
+data_app.command("check")(user_errors(cli_data.check_command))
+data_app.command("synth")(user_errors(cli_data.synth_command))
 
 
 def main() -> None:
-    from msta.errors import MstaError
-
-    _register()
-    try:
-        app()
-    except MstaError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise SystemExit(exc.exit_code) from None
+    app()
 
 
 if __name__ == "__main__":
-    # Run through the importable module so that the command modules register on the same app.
-    from msta.cli import main as _main
-
-    _main()
+    main()

@@ -1,15 +1,14 @@
-"""``msta params``: trainable and total parameter counts for a configuration."""
+"""``msta params``: trainable and total parameter counts for a configuration (registered by
+:mod:`msta.cli`; user errors are raised)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import typer
 
-from msta.cli import app
-from msta.config import Config, ConfigError, load_config
+from msta.config import Config, load_config
 
 
 def count_parameters(cfg: Config) -> dict[str, Any]:
@@ -28,12 +27,6 @@ def count_parameters(cfg: Config) -> dict[str, Any]:
     }
 
 
-def _fail(message: str, code: int = 2) -> None:
-    print(f"Error: {message}", file=sys.stderr)
-    raise typer.Exit(code)
-
-
-@app.command("params")
 def params_command(
     config: list[str] = typer.Option(
         [], "--config", "-c", help="YAML config file or preset name (repeatable, merged in order)."
@@ -44,14 +37,7 @@ def params_command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object (trainable, total, share)."),
 ) -> None:
     """Print the trainable and total parameter counts of the model a configuration builds."""
-    from msta.backbone import BackboneError
-
-    try:
-        cfg = load_config(config, overrides)
-        result = count_parameters(cfg)
-    except (ConfigError, BackboneError) as exc:
-        _fail(str(exc))
-        return
+    result = count_parameters(load_config(config, overrides))
     if as_json:
         print(json.dumps(result))
         return

@@ -1,47 +1,19 @@
 """``msta train``, ``msta eval`` and ``msta predict``: thin layers over :mod:`msta.train`,
-:mod:`msta.evaluate` and :mod:`msta.predict`."""
+:mod:`msta.evaluate` and :mod:`msta.predict` (registered by :mod:`msta.cli`; user errors are raised)."""
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable
 from typing import Any
 
 import typer
 
-from msta.cli import app
-
-
-def _fail(message: str, code: int = 2) -> None:
-    print(f"Error: {message}", file=sys.stderr)
-    raise typer.Exit(code)
-
-
-def _run(fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; user errors end with one message and exit code 2, never a traceback."""
-    from descgen.store import StoreError
-    from msta.checkpoint import CheckpointError
-    from msta.config import ConfigError
-    from msta.train import TrainError
-    from msta.video import DataError
-
-    try:
-        return fn()
-    except TrainError as exc:
-        _fail(str(exc), exc.code)
-    except (ConfigError, DataError, CheckpointError, StoreError) as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
-    return None
-
+from msta.run import TrainError
 
 _CONFIG_HELP = "YAML config file or preset name (repeatable, merged in order)."
 _SET_HELP = "Override a key: --set optim.lr=1e-3 (repeatable)."
 
 
-@app.command("train")
 def train_command(
     config: list[str] = typer.Option([], "--config", "-c", help=_CONFIG_HELP),
     overrides: list[str] = typer.Option([], "--set", help=_SET_HELP),
@@ -56,14 +28,10 @@ def train_command(
     """Train MSTA adapters (one process, or many under torchrun)."""
     from msta.train import resolve_train_config, train
 
-    def go() -> Any:
-        cfg = resolve_train_config(config, overrides, resume)
-        return train(cfg, descriptions=descriptions, resume=resume, progress=progress)
-
-    _run(go)
+    cfg = resolve_train_config(config, overrides, resume)
+    train(cfg, descriptions=descriptions, resume=resume, progress=progress)
 
 
-@app.command("eval")
 def eval_command(
     run: str = typer.Argument(..., help="Run directory (run.out of a training run)."),
     split: list[str] = typer.Option(
@@ -93,21 +61,17 @@ def eval_command(
     """Evaluate a run: top-1/top-5, per-class accuracy, base/novel/HM, mean ± std over splits."""
     from msta.evaluate import compact, evaluate_run
 
-    report = _run(
-        lambda: evaluate_run(
-            run,
-            splits=split,
-            views=views,
-            checkpoint=checkpoint,
-            classes=classes,
-            root=root,
-            overrides=overrides,
-            plots=plots,
-            target=target,
-        )
+    report = evaluate_run(
+        run,
+        splits=split,
+        views=views,
+        checkpoint=checkpoint,
+        classes=classes,
+        root=root,
+        overrides=overrides,
+        plots=plots,
+        target=target,
     )
-    if report is None:
-        return
     if as_json:
         print(json.dumps(compact(report)))
         return
@@ -150,7 +114,6 @@ def _print_report(report: dict[str, Any]) -> None:
     )
 
 
-@app.command("predict")
 def predict_command(
     video: str = typer.Argument(..., help="Video file (or folder of frames)."),
     classes: str | None = typer.Option(None, "--classes", help='Candidate classes: "a,b,c".'),
@@ -171,22 +134,20 @@ def predict_command(
     from msta.predict import predict
 
     if run is not None and config:
-        _fail("--config is for the zero-shot backbone; a --run brings its own configuration (use --set)")
-    result = _run(
-        lambda: predict(
-            video,
-            classes=classes,
-            classes_file=classes_file,
-            run=run,
-            configs=config,
-            overrides=overrides,
-            topk=topk,
-            checkpoint=checkpoint,
-            views=views,
+        raise TrainError(
+            "--config is for the zero-shot backbone; a --run brings its own configuration (use --set)"
         )
+    result = predict(
+        video,
+        classes=classes,
+        classes_file=classes_file,
+        run=run,
+        configs=config,
+        overrides=overrides,
+        topk=topk,
+        checkpoint=checkpoint,
+        views=views,
     )
-    if result is None:
-        return
     if as_json:
         print(json.dumps(result))
         return

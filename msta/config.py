@@ -23,10 +23,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from msta.errors import MstaError
+from msta.views import parse_views
+
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
 
-class ConfigError(ValueError):
+class ConfigError(MstaError, ValueError):
     """A configuration cannot be used. The message is meant for the user, as is."""
 
 
@@ -133,8 +136,7 @@ class EvalCfg(_Section):
     @field_validator("views")
     @classmethod
     def _views(cls, v: str) -> str:
-        if not re.fullmatch(r"[1-9]\d*x[1-9]\d*", v):
-            raise ValueError("must look like CLIPSxCROPS, e.g. 1x1 or 4x3")
+        parse_views(v)
         return v
 
 

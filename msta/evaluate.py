@@ -15,21 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from msta import checkpoint as ckpt
-from msta.config import Config, load_config
-from msta.train import (
-    CONFIG_FILE,
+from msta.config import Config, ConfigError, load_config
+from msta.plots import plot_confusion, plot_training_curve
+from msta.run import (
     TrainError,
     autocast,
-    build_seeded_model,
     check_labels,
     class_names,
     expand,
+    load_run_model,
     make_dataset,
-    parse_views,
     read_list,
-    read_metrics,
+    run_config,
     train_classes_spec,
 )
+from msta.views import parse_views
 
 
 @dataclass
@@ -78,14 +78,8 @@ def evaluate_split(
                 generator=torch.Generator().manual_seed(0),
             )
             for batch in loader:
-                video = batch["video"].to(env.device, non_blocking=True)
                 labels = batch["label"]
-                if video.dim() == 6:  # [B, V, T, C, H, W]: several views per video
-                    b, v = video.shape[:2]
-                    logits = model(video.flatten(0, 1), text).float().view(b, v, -1)
-                    scores = logits.softmax(-1).sum(1)
-                else:
-                    scores = model(video, text).float().softmax(-1)
+                scores = _video_scores(model, batch["video"].to(env.device, non_blocking=True), text)
                 top = scores.topk(k, dim=-1).indices.cpu()
                 for idx, lab, t in zip(batch["index"].tolist(), labels.tolist(), top.tolist(), strict=True):
                     rows.append((int(idx), int(lab), t))
@@ -102,6 +96,15 @@ def evaluate_split(
         conf = sum((g[1] for g in gathered), torch.zeros_like(conf))
     skipped = sum(g[2] for g in gathered)
     return summarize(all_rows, names, conf if confusion else None, skipped)
+
+
+def _video_scores(model, video, text):
+    """Class scores per video; several views ([B, V, T, C, H, W]) sum their softmax."""
+    if video.dim() == 6:
+        b, v = video.shape[:2]
+        logits = model(video.flatten(0, 1), text).float().view(b, v, -1)
+        return logits.softmax(-1).sum(1)
+    return model(video, text).float().softmax(-1)
 
 
 def summarize(
@@ -144,13 +147,6 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
 # --------------------------------------------------------------------------- a run
 
 
-def run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> Config:
-    p = Path(run_dir) / CONFIG_FILE
-    if not p.is_file():
-        raise TrainError(f"{run_dir} is not a training run ({CONFIG_FILE} not found)")
-    return load_config([p], overrides)
-
-
 def configured_splits(cfg: Config) -> list[SplitSpec]:
     """The splits a run is evaluated on by default: the validation list (``base`` when the run has
     novel classes), the novel list, extra ``data.val_lists`` and ``eval.splits``."""
@@ -173,8 +169,6 @@ def configured_splits(cfg: Config) -> list[SplitSpec]:
 
 def target_splits(cfg: Config, target: str, root: str | None) -> list[SplitSpec]:
     """The evaluation splits of a dataset preset (``hmdb51``, ``k600``...), paths resolved."""
-    from msta.config import ConfigError
-
     over = [f"data.data_dir={cfg.data.data_dir}"] if cfg.data.data_dir else []
     try:
         tcfg = load_config([target], over)
@@ -191,18 +185,6 @@ def target_splits(cfg: Config, target: str, root: str | None) -> list[SplitSpec]
     if not out:
         raise TrainError(f"preset {target} names no evaluation list (eval.zeroshot or data.val_list)")
     return out
-
-
-def load_run_model(run_dir: str | Path, cfg: Config, which: str, device):
-    model = build_seeded_model(cfg)
-    try:
-        weights, info = ckpt.load_weights(run_dir, which)
-    except ckpt.CheckpointError as exc:
-        raise TrainError(str(exc)) from None
-    model.load_trainable_state_dict(weights)
-    model.to(device)
-    model.eval()
-    return model, info
 
 
 def evaluate_run(
@@ -224,105 +206,130 @@ def evaluate_run(
     (mean and standard deviation). ``target``: a dataset preset whose zero-shot splits
     (``eval.zeroshot``, else its validation list) are evaluated, with videos under ``root``.
     """
-    import torch
-
     from msta import distributed as D
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
     env = D.setup(cfg.run.device)
     try:
-        if target:
-            if splits:
-                raise TrainError("give either --target or --split, not both")
-            specs = target_splits(cfg, target, root)
-        elif splits:
-            specs = [
-                SplitSpec(
-                    Path(s).stem if len(splits) > 1 else "val",
-                    s,
-                    classes or cfg.data.classes,
-                    root,
-                    group="splits",
-                )
-                for s in splits
-            ]
-            if len(splits) == 1:
-                specs[0].group = None
-            # Unique names when two lists share a stem.
-            seen: dict[str, int] = {}
-            for sp in specs:
-                seen[sp.name] = seen.get(sp.name, 0) + 1
-                if seen[sp.name] > 1:
-                    sp.name = f"{sp.name}_{seen[sp.name]}"
-        else:
-            specs = configured_splits(cfg)
-        if not specs:
-            raise TrainError("nothing to evaluate: the run has no data.val_list; pass --split LIST")
+        specs = resolve_splits(cfg, splits, classes, root, target)
         view_str = views or cfg.eval.views
         vc = parse_views(view_str)
-        which_list = ["last", "best"] if checkpoint == "both" else [checkpoint]
         if checkpoint not in ("last", "best", "both"):
             raise TrainError(f"--checkpoint must be last, best or both, not {checkpoint!r}")
-        # Resolve every class set and list first, so that a bad file fails before any scoring.
-        prepared = []
-        for sp in specs:
-            names = class_names(sp.classes, cfg)
-            items = read_list(sp.list, cfg, f"video list of split {sp.name!r}")
-            check_labels(items, len(names), f"split {sp.name!r} ({expand(sp.list, cfg)})")
-            prepared.append((sp, names, items))
-
-        results: dict[str, Any] = {}
-        for which in which_list:
-            model, info = load_run_model(run_dir, cfg, which, env.device)
-            bs = cfg.eval.batch_size or max(1, cfg.optim.batch_size // max(1, vc[0] * vc[1]))
-            out_splits: dict[str, Any] = {}
-            for sp, names, items in prepared:
-                ds = make_dataset(
-                    cfg, items, train=False, image_size=model.image_size, views=vc, root=sp.root
-                )
-                res = evaluate_split(model, ds, names, env, batch_size=bs, num_workers=cfg.data.num_workers)
-                res["list"] = expand(sp.list, cfg)
-                res["classes"] = list(names)
-                res["group"] = sp.group
-                out_splits[sp.name] = res
-                if env.is_main:
-                    _console().print(
-                        f"[{which}] {sp.name}: top-1 {res['top1']:.4f}, top-5 {res['top5']:.4f} "
-                        f"({res['n']} videos, {len(names)} classes)",
-                        highlight=False,
-                        markup=False,
-                        soft_wrap=True,
-                    )
-            results[which] = _assemble(which, info, out_splits, view_str)
-            del model
-            if env.device.type == "cuda":
-                torch.cuda.empty_cache()
-        report = (
-            results[which_list[0]]
-            if len(which_list) == 1
-            else {
-                **results["last"],
-                "checkpoints": results,
-            }
-        )
+        which_list = ["last", "best"] if checkpoint == "both" else [checkpoint]
+        prepared = prepare_splits(cfg, specs)
+        results = {
+            which: evaluate_checkpoint(run_dir, cfg, which, prepared, env, vc, view_str)
+            for which in which_list
+        }
         if env.is_main:
-            for which, res in results.items():
-                _write_json(run_dir / f"eval_{which}.json", res)
-            if plots:
-                first = next(iter(results.values()))
-                for name, sp in first["splits"].items():
-                    if sp.get("confusion") is not None:
-                        plot_confusion(
-                            sp["confusion"],
-                            sp["classes"],
-                            run_dir / f"confusion_{name}.png",
-                            title=f"{name} ({first['checkpoint']})",
-                        )
-                plot_training_curve(run_dir, run_dir / "training_curve.png")
-        return report
+            write_report(run_dir, results, plots)
+        return results[which_list[0]] if len(which_list) == 1 else {**results["last"], "checkpoints": results}
     finally:
         D.cleanup(env)
+
+
+def resolve_splits(
+    cfg: Config,
+    splits: Sequence[str] = (),
+    classes: str | None = None,
+    root: str | None = None,
+    target: str | None = None,
+) -> list[SplitSpec]:
+    """The splits to evaluate: a target preset's, the ``--split`` lists, or the configured ones."""
+    if target:
+        if splits:
+            raise TrainError("give either --target or --split, not both")
+        specs = target_splits(cfg, target, root)
+    elif splits:
+        specs = _list_splits(splits, classes or cfg.data.classes, root)
+    else:
+        specs = configured_splits(cfg)
+    if not specs:
+        raise TrainError("nothing to evaluate: the run has no data.val_list; pass --split LIST")
+    return specs
+
+
+def _list_splits(splits: Sequence[str], classes: str | None, root: str | None) -> list[SplitSpec]:
+    """One split per ``--split`` list: ``val`` alone, else named by file stem (made unique) and
+    grouped as ``splits``."""
+    if len(splits) == 1:
+        return [SplitSpec("val", splits[0], classes, root)]
+    specs = [SplitSpec(Path(s).stem, s, classes, root, group="splits") for s in splits]
+    seen: dict[str, int] = {}
+    for sp in specs:
+        seen[sp.name] = seen.get(sp.name, 0) + 1
+        if seen[sp.name] > 1:
+            sp.name = f"{sp.name}_{seen[sp.name]}"
+    return specs
+
+
+def prepare_splits(cfg: Config, specs: Sequence[SplitSpec]) -> list[tuple[SplitSpec, list[str], list[Any]]]:
+    """Every split's class names and video items, read and checked before any scoring (so that a
+    bad file fails early)."""
+    prepared = []
+    for sp in specs:
+        names = class_names(sp.classes, cfg)
+        items = read_list(sp.list, cfg, f"video list of split {sp.name!r}")
+        check_labels(items, len(names), f"split {sp.name!r} ({expand(sp.list, cfg)})")
+        prepared.append((sp, names, items))
+    return prepared
+
+
+def evaluate_checkpoint(
+    run_dir: Path,
+    cfg: Config,
+    which: str,
+    prepared: Sequence[tuple[SplitSpec, list[str], list[Any]]],
+    env,
+    views: tuple[int, int],
+    view_str: str,
+) -> dict[str, Any]:
+    """Score one checkpoint (``last`` or ``best``) on every prepared split."""
+    import torch
+
+    model, info = load_run_model(run_dir, cfg, which, env.device)
+    bs = cfg.eval.batch_size or max(1, cfg.optim.batch_size // max(1, views[0] * views[1]))
+    out_splits: dict[str, Any] = {}
+    for sp, names, items in prepared:
+        ds = make_dataset(cfg, items, train=False, image_size=model.image_size, views=views, root=sp.root)
+        res = evaluate_split(model, ds, names, env, batch_size=bs, num_workers=cfg.data.num_workers)
+        res["list"] = expand(sp.list, cfg)
+        res["classes"] = list(names)
+        res["group"] = sp.group
+        out_splits[sp.name] = res
+        if env.is_main:
+            _console().print(
+                f"[{which}] {sp.name}: top-1 {res['top1']:.4f}, top-5 {res['top5']:.4f} "
+                f"({res['n']} videos, {len(names)} classes)",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+    del model
+    if env.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return _assemble(which, info, out_splits, view_str)
+
+
+def write_report(run_dir: Path, results: dict[str, dict[str, Any]], plots: bool = True) -> None:
+    """``eval_{checkpoint}.json`` per checkpoint; with ``plots``, the confusion matrices of the first
+    checkpoint's splits and the training curve."""
+    for which, res in results.items():
+        _write_json(run_dir / f"eval_{which}.json", res)
+    if not plots:
+        return
+    first = next(iter(results.values()))
+    for name, sp in first["splits"].items():
+        if sp.get("confusion") is not None:
+            plot_confusion(
+                sp["confusion"],
+                sp["classes"],
+                run_dir / f"confusion_{name}.png",
+                title=f"{name} ({first['checkpoint']})",
+            )
+    plot_training_curve(run_dir, run_dir / "training_curve.png")
 
 
 def _assemble(which: str, info: dict[str, Any], splits: dict[str, Any], views: str) -> dict[str, Any]:
@@ -382,90 +389,3 @@ def compact(report: dict[str, Any]) -> dict[str, Any]:
         return r
 
     return strip(report)
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def plot_confusion(conf: Sequence[Sequence[int]], names: Sequence[str], path: Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    m = np.asarray(conf, dtype=np.float64)
-    rows = m.sum(1, keepdims=True)
-    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    c = len(names)
-    labelled = c <= 60
-    margin = min(4.0, 0.07 * max((len(n) for n in names), default=0)) if labelled else 0.0
-    side = min(20.0, max(4.0, 0.3 * c))
-    fig, ax = plt.subplots(figsize=(side + margin + 1.5, side + margin + 0.8))
-    im = ax.imshow(norm, vmin=0.0, vmax=1.0, cmap="viridis")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    if labelled:
-        size = max(5, 9 - c // 10)
-        ax.set_xticks(range(c))
-        ax.set_yticks(range(c))
-        ax.set_xticklabels(names, rotation=90, fontsize=size)
-        ax.set_yticklabels(names, fontsize=size)
-    if c <= 20:
-        for i in range(c):
-            for j in range(c):
-                if m[i, j]:
-                    ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=8,
-                            color="black" if norm[i, j] > 0.5 else "white")  # fmt: skip
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"confusion matrix {title}".strip(), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_training_curve(run_dir: Path, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(run_dir)
-    train = [r for r in rows if r.get("type") == "train" and "loss" in r]
-    val = [r for r in rows if r.get("type") == "val"]
-    if not train and not val:
-        return None
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    if train:
-        steps = [r["global_step"] for r in train]
-        ax[0].plot(steps, [r["loss"] for r in train], label="loss")
-        if all("ce" in r for r in train):
-            ax[0].plot(steps, [r["ce"] for r in train], label="cross-entropy")
-        if all("cc" in r for r in train) and any(r["cc"] for r in train):
-            ax[0].plot(steps, [r["cc"] for r in train], label="consistency")
-        ax[0].set_xlabel("optimizer step")
-        ax[0].set_title("training loss")
-        ax[0].legend()
-    if val:
-        ax[1].plot([r["epoch"] for r in val], [r["top1"] for r in val], marker="o", label="val top-1")
-        ax[1].plot([r["epoch"] for r in val], [r["top5"] for r in val], marker="o", label="val top-5")
-        ax[1].set_ylim(0, 1.02)
-        ax[1].set_xlabel("epoch")
-        ax[1].legend()
-    if train and all("acc" in r for r in train):
-        ax[1].plot(
-            [
-                r["global_step"] * (val[-1]["epoch"] / max(1, val[-1]["global_step"])) if val else r["epoch"]
-                for r in train
-            ],
-            [r["acc"] for r in train],
-            alpha=0.5,
-            label="train top-1",
-        )
-        ax[1].legend()
-    ax[1].set_title("accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -7,7 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from msta.config import Config, load_config
-from msta.train import TrainError, autocast, build_seeded_model, class_names, make_dataset, parse_views
+from msta.run import (
+    TrainError,
+    autocast,
+    build_seeded_model,
+    class_names,
+    load_run_model,
+    make_dataset,
+    pick_device,
+    run_config,
+)
+from msta.views import parse_views
 
 
 def parse_class_option(classes: str | None, classes_file: str | None, cfg: Config) -> list[str]:
@@ -42,12 +52,6 @@ def predict(
     With ``run``: the run's configuration and trained adapters (``checkpoint``: last or best).
     Without: the backbone of ``configs``/``overrides`` with the adapters switched off (zero-shot).
     """
-    import torch
-
-    from msta.evaluate import load_run_model, run_config
-    from msta.train import pick_device
-    from msta.video import DataError
-
     path = Path(video).expanduser()
     if not path.exists():
         raise TrainError(f"video not found: {path}")
@@ -66,28 +70,7 @@ def predict(
         mode += f", epoch {info.get('epoch')}, step {info.get('global_step')}"
     else:
         model = build_seeded_model(cfg).to(device).eval()
-    vc = parse_views(views)
-    try:
-        ds = make_dataset(
-            cfg,
-            [(path.name, 0)],
-            train=False,
-            image_size=model.image_size,
-            views=vc,
-            root=str(path.parent),
-            max_retries=0,
-        )
-        sample = ds[0]
-    except DataError as exc:
-        raise TrainError(f"cannot read {path}: {exc}") from None
-    x = sample["video"].unsqueeze(0).to(device)
-    with torch.no_grad(), autocast(device):
-        text = model.encode_class_prompts(names)
-        if x.dim() == 6:
-            logits = model(x.flatten(0, 1), text).float()
-            probs = logits.softmax(-1).mean(0)
-        else:
-            probs = model(x, text).float().softmax(-1)[0]
+    probs = class_probabilities(model, cfg, path, names, parse_views(views), device)
     k = min(topk, len(names))
     p, idx = probs.topk(k)
     return {
@@ -99,3 +82,31 @@ def predict(
             for q, i in zip(p.tolist(), idx.tolist(), strict=True)
         ],
     }
+
+
+def class_probabilities(model, cfg: Config, path: Path, names: Sequence[str], views: tuple[int, int], device):
+    """Softmax over ``names`` for one video (the mean over its views)."""
+    import torch
+
+    from msta.video import DataError
+
+    try:
+        ds = make_dataset(
+            cfg,
+            [(path.name, 0)],
+            train=False,
+            image_size=model.image_size,
+            views=views,
+            root=str(path.parent),
+            max_retries=0,
+        )
+        sample = ds[0]
+    except DataError as exc:
+        raise TrainError(f"cannot read {path}: {exc}") from None
+    x = sample["video"].unsqueeze(0).to(device)
+    with torch.no_grad(), autocast(device):
+        text = model.encode_class_prompts(list(names))
+        if x.dim() == 6:
+            logits = model(x.flatten(0, 1), text).float()
+            return logits.softmax(-1).mean(0)
+        return model(x, text).float().softmax(-1)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,14 +14,29 @@ from msta import config as config_module
 from msta.config import Config, ConfigError, load_config, save_config
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli_process(*args: str) -> subprocess.CompletedProcess:
+    """``msta ARGS`` in a child process, through the console script's entry point."""
     return subprocess.run(
         [sys.executable, "-c", "from msta.cli import main; main()", *args],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
+
+
+@pytest.fixture
+def run_cli():
+    """``msta ARGS`` in this process (exit code, stdout and stderr as in a child process)."""
+    from typer.testing import CliRunner
+
+    from msta.cli import app
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        res = CliRunner().invoke(app, list(args), catch_exceptions=False)
+        return subprocess.CompletedProcess(["msta", *args], res.exit_code, res.stdout, res.stderr)
+
+    return run
 
 
 # --------------------------------------------------------------------------- msta params
@@ -34,7 +50,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         (["adapter.dim=256", "adapter.start=1", "adapter.end=12"], 8_712_192),
     ],
 )
-def test_vit_b16_trainable_counts_match_the_paper(overrides, expected):
+def test_vit_b16_trainable_counts_match_the_paper(overrides, expected, run_cli):
     args = ["params", "--json"]
     for o in overrides:
         args += ["--set", o]
@@ -47,7 +63,7 @@ def test_vit_b16_trainable_counts_match_the_paper(overrides, expected):
     assert out["share"] == pytest.approx(expected / out["total"])
 
 
-def test_params_on_the_tiny_backbone(tiny_clip_config):
+def test_params_on_the_tiny_backbone(tiny_clip_config, run_cli):
     sets = [f"model.backbone={tiny_clip_config}", "adapter.start=1", "adapter.end=2", "adapter.dim=32"]
     args = ["params"]
     for s in sets:
@@ -72,11 +88,18 @@ def test_params_on_the_tiny_backbone(tiny_clip_config):
         (["--config", "no-such-preset"], "neither a file nor a preset"),
     ],
 )
-def test_params_user_errors_are_one_line(args, message):
+def test_params_user_errors_are_one_line(args, message, run_cli):
     proc = run_cli("params", *args)
     assert proc.returncode == 2
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("error: ") and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_params_user_error_in_a_process_has_no_traceback():
+    proc = run_cli_process("params", "--set", "adapter.dimm=3")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+    assert "unknown key 'adapter.dimm'" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 # --------------------------------------------------------------------------- configuration

@@ -69,7 +69,7 @@ def test_bad_input_exits_2(run_msta: Run, tmp_path: Path, args: list[str]) -> No
     (tmp_path / "list.txt").write_text("a.mp4 0\n")
     r = run_msta(*args, cwd=tmp_path)
     assert r.returncode == 2
-    assert r.stderr.strip().startswith("Error:") and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
     assert not (tmp_path / "d").exists()
 
 
@@ -79,10 +79,10 @@ def test_synth_into_a_file_exits_2(run_msta: Run, tmp_path: Path) -> None:
         "data", "synth", "--out", "taken", "--videos-per-class", "1", "--val-per-class", "0", cwd=tmp_path
     )
     assert r.returncode == 2
-    assert r.stderr.strip() == f"Error: {Path('taken')} exists and is not a directory"
+    assert r.stderr.strip() == f"error: {Path('taken')} exists and is not a directory"
     r = run_msta("data", "synth", "--out", "taken/ds", cwd=tmp_path)  # its parent cannot be created
     assert r.returncode == 2
-    assert r.stderr.strip().startswith("Error:") and "taken" in r.stderr
+    assert r.stderr.strip().startswith("error:") and "taken" in r.stderr
 
 
 def msta_subprocess(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -109,6 +109,6 @@ def test_subprocess_error_has_no_traceback(tmp_path: Path, args: list[str]) -> N
     (tmp_path / "list.txt").write_text("a.mp4 0\n")
     r = msta_subprocess(*args, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
-    assert r.stderr.strip().startswith("Error:") and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
     assert r.stdout == ""
     assert not (tmp_path / "d").exists()

@@ -37,9 +37,11 @@ def msta_cmd() -> list[str]:
     return [sys.executable, "-m", "msta.cli"]
 
 
-def run_msta(
+def run_msta_process(
     args: Sequence[str], timeout: float = 600, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
+    """``msta ARGS`` in a child process, as a user runs it (exit status, stderr, no traceback).
+    The in-process runner is the ``msta_cli`` fixture."""
     return subprocess.run(
         [*msta_cmd(), *args],
         capture_output=True,

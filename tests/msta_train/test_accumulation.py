@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 def test_accumulated_steps_equal_full_batch_steps(tmp_path):
     from msta.checkpoint import load_weights
     from msta.config import load_config
-    from msta.train import read_metrics, train
+    from msta.run import read_metrics
+    from msta.train import train
 
     data = make_synth(tmp_path / "data", videos_per_class=2, val_per_class=1)
     common = [

@@ -85,7 +85,7 @@ def test_base_and_novel_class_sets_are_switched(tmp_path, monkeypatch):
     # The novel result equals scoring the novel videos against the novel classes directly.
     monkeypatch.setattr(MSTA, "encode_class_prompts", original)
     model, _ = evaluate.load_run_model(run, cfg, "last", "cpu")
-    from msta.train import make_dataset, read_list
+    from msta.run import make_dataset, read_list
 
     items = read_list(keys["eval.novel_list"], cfg, "novel")
     direct = evaluate.evaluate_split(model, make_dataset(cfg, items, False, 64), names[2:])

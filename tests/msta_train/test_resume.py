@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from . import REPO, make_synth, msta_cmd, run_msta, subprocess_env, synth_args
+from . import REPO, make_synth, msta_cmd, run_msta_process, subprocess_env, synth_args
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def _pointer(run: Path) -> dict | None:
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     data = make_synth(tmp_path / "data")
     ref = tmp_path / "ref"
-    res = run_msta(synth_args(data, ref, *ARGS))
+    res = run_msta_process(synth_args(data, ref, *ARGS))
     assert res.returncode == 0, res.stderr
 
     run = tmp_path / "killed"
@@ -72,7 +72,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     state = _pointer(run)
     assert 0 < state["global_step"] < STEPS
 
-    res = run_msta(["train", "--resume", "--no-progress", "--set", f"run.out={run}"])
+    res = run_msta_process(["train", "--resume", "--no-progress", "--set", f"run.out={run}"])
     assert res.returncode == 0, res.stderr
     assert f"global step {state['global_step']}" in res.stderr  # it really resumed from there
 
@@ -87,7 +87,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     assert worst <= 1e-6, f"resumed weights differ from the uninterrupted run by {worst}"
     # The weights did change during training (the comparison is not between two initialisations).
     from msta.config import load_config
-    from msta.train import build_seeded_model
+    from msta.run import build_seeded_model
 
     init = build_seeded_model(load_config([ref / "config.yaml"])).trainable_state_dict()
     assert max((init[k] - w_ref[k]).abs().max().item() for k in w_ref) > 1e-3
@@ -105,13 +105,13 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
                 assert rb[k] == pytest.approx(ra[k], abs=1e-6), (k, ra, rb)
 
 
-def test_resume_refuses_a_changed_configuration(tmp_path):
+def test_resume_refuses_a_changed_configuration(tmp_path, msta_cli):
     data = make_synth(tmp_path / "data", videos_per_class=2, val_per_class=1)
     run = tmp_path / "run"
     short = ["--set", "optim.epochs=1", "--set", "optim.batch_size=4", "--set", "loss.consistency_weight=0"]
-    res = run_msta(synth_args(data, run, *short))
+    res = msta_cli(synth_args(data, run, *short))
     assert res.returncode == 0, res.stderr
-    res = run_msta(["train", "--resume", "--no-progress", "--set", f"run.out={run}", "--set", "optim.lr=0.5"])
+    res = msta_cli(["train", "--resume", "--no-progress", "--set", f"run.out={run}", "--set", "optim.lr=0.5"])
     assert res.returncode == 2 and "optim.lr" in res.stderr
-    res = run_msta(synth_args(data, run, *short))
+    res = msta_cli(synth_args(data, run, *short))
     assert res.returncode == 2 and "--resume" in res.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from . import REPO, msta_cmd, run_msta, subprocess_env
+from . import REPO, msta_cmd, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +39,10 @@ def _train(data: Path, out: Path, temporal: bool) -> subprocess.Popen:
     )
 
 
-def test_temporal_branch_learns_motion_that_frame_averaging_cannot(tmp_path):
+def test_temporal_branch_learns_motion_that_frame_averaging_cannot(tmp_path, msta_cli):
     t0 = time.monotonic()
     data = tmp_path / "synth"
-    res = run_msta(["data", "synth", "--out", str(data), *SYNTH])
+    res = msta_cli(["data", "synth", "--out", str(data), *SYNTH])
     assert res.returncode == 0, res.stderr
     manifest = json.loads((data / "manifest.json").read_text())
     ceiling = manifest["frame_order_free_accuracy_ceiling"]
@@ -55,7 +55,7 @@ def test_temporal_branch_learns_motion_that_frame_averaging_cannot(tmp_path):
 
     top1 = {}
     for t in (True, False):
-        res = run_msta(["eval", str(tmp_path / f"run_{t}"), "--json", "--no-plots"])
+        res = msta_cli(["eval", str(tmp_path / f"run_{t}"), "--json", "--no-plots"])
         assert res.returncode == 0, res.stderr
         top1[t] = json.loads(res.stdout)["top1"]
     elapsed = time.monotonic() - t0

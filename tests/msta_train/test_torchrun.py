@@ -16,7 +16,7 @@ from . import (
     make_cache,
     make_synth,
     msta_cmd,
-    run_msta,
+    run_msta_process,
     subprocess_env,
     synth_args,
 )
@@ -42,7 +42,7 @@ def test_two_processes_match_one_process(tmp_path):
     make_cache(cache, class_list(data))
 
     one = tmp_path / "one"
-    res = run_msta([*synth_args(data, one, *ARGS), "--descriptions", str(cache)])
+    res = run_msta_process([*synth_args(data, one, *ARGS), "--descriptions", str(cache)])
     assert res.returncode == 0, res.stderr
 
     two = tmp_path / "two"

@@ -1,4 +1,5 @@
-"""``msta train`` / ``msta eval`` / ``msta predict`` as a user runs them, on real mp4 files."""
+"""``msta train`` / ``msta eval`` / ``msta predict`` as a user runs them, on real mp4 files: in this
+process through the ``msta_cli`` fixture, and once per command in a child process (no traceback)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from . import class_list, make_cache, make_synth, run_msta, synth_args
+from . import class_list, make_cache, make_synth, run_msta_process, synth_args
 
 pytestmark = pytest.mark.slow
 
@@ -21,13 +22,13 @@ def synth(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(synth, tmp_path_factory) -> tuple[Path, Path]:
+def trained(synth, tmp_path_factory, msta_cli) -> tuple[Path, Path]:
     """A one-epoch run with the consistency loss; its cache starts without embeddings."""
     tmp = tmp_path_factory.mktemp("run")
     cache = tmp / "cache.db"
     make_cache(cache, class_list(synth))
     run = tmp / "run"
-    res = run_msta([*synth_args(synth, run, *SHORT), "--descriptions", str(cache)])
+    res = msta_cli([*synth_args(synth, run, *SHORT), "--descriptions", str(cache)])
     assert res.returncode == 0, res.stderr
     return run, cache
 
@@ -63,9 +64,9 @@ def test_missing_embeddings_are_encoded_and_stored_back(trained):
         assert store.count_rows("embeddings") == 4 * 2 * 2  # classes x kinds x N
 
 
-def test_eval_json_and_report_files(trained):
+def test_eval_json_and_report_files(trained, msta_cli):
     run, _ = trained
-    res = run_msta(["eval", str(run), "--json"])
+    res = msta_cli(["eval", str(run), "--json"])
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert 0.0 <= out["top1"] <= 1.0 and 0.0 <= out["top5"] <= 1.0
@@ -81,10 +82,10 @@ def test_eval_json_and_report_files(trained):
     assert saved["top1"] == out["top1"] and len(saved["splits"]["val"]["confusion"]) == 4
 
 
-def test_eval_both_checkpoints_and_several_splits(trained, synth):
+def test_eval_both_checkpoints_and_several_splits(trained, synth, msta_cli):
     run, _ = trained
     lst = str(synth / "val.txt")
-    res = run_msta(
+    res = msta_cli(
         ["eval", str(run), "--json", "--checkpoint", "both", "--split", lst, "--split", lst, "--no-plots"]
     )
     assert res.returncode == 0, res.stderr
@@ -94,10 +95,10 @@ def test_eval_both_checkpoints_and_several_splits(trained, synth):
     assert group["top1"]["std"] == pytest.approx(0.0) and out["top1"] == pytest.approx(group["top1"]["mean"])
 
 
-def test_predict_with_a_run_and_zero_shot(trained, synth):
+def test_predict_with_a_run_and_zero_shot(trained, synth, msta_cli):
     run, _ = trained
     video = synth / "videos" / "val" / "left_to_right_000.mp4"
-    res = run_msta(["predict", str(video), "--run", str(run), "--classes-file", str(synth / "classes.csv"),
+    res = msta_cli(["predict", str(video), "--run", str(run), "--classes-file", str(synth / "classes.csv"),
                     "--topk", "3", "--json"])  # fmt: skip
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
@@ -105,7 +106,7 @@ def test_predict_with_a_run_and_zero_shot(trained, synth):
     assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
     assert {p["class"] for p in out["predictions"]} <= set(class_list(synth))
     assert out["mode"].startswith("run ")
-    res = run_msta(
+    res = msta_cli(
         ["predict", str(video), "--config", "tiny", "--classes", "a dog,a cat,a shape moving", "--json"]
     )
     assert res.returncode == 0, res.stderr
@@ -115,8 +116,9 @@ def test_predict_with_a_run_and_zero_shot(trained, synth):
 
 
 def test_predict_reports_user_errors(synth):
-    res = run_msta(["predict", str(synth / "missing.mp4"), "--config", "tiny", "--classes", "a,b"])
+    res = run_msta_process(["predict", str(synth / "missing.mp4"), "--config", "tiny", "--classes", "a,b"])
     assert res.returncode == 2 and "video not found" in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_classes_without_descriptions_stop_the_run_before_it_starts(synth, tmp_path):
@@ -124,36 +126,41 @@ def test_classes_without_descriptions_stop_the_run_before_it_starts(synth, tmp_p
     cache = tmp_path / "partial.db"
     make_cache(cache, names, skip=names[1:3])
     run = tmp_path / "run"
-    res = run_msta([*synth_args(synth, run, *SHORT), "--descriptions", str(cache)])
+    res = run_msta_process([*synth_args(synth, run, *SHORT), "--descriptions", str(cache)])
     assert res.returncode == 2
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr and "error: " in res.stderr
     for missing in names[1:3]:
         assert missing in res.stderr
     assert names[0] not in res.stderr.split("descriptions in set")[-1]
     assert not (run / "checkpoints").exists()
 
 
-def test_consistency_loss_needs_a_cache_unless_switched_off(synth, tmp_path):
-    res = run_msta(synth_args(synth, tmp_path / "a", *SHORT))
+def test_consistency_loss_needs_a_cache_unless_switched_off(synth, tmp_path, msta_cli):
+    res = msta_cli(synth_args(synth, tmp_path / "a", *SHORT))
     assert res.returncode == 2 and "--descriptions" in res.stderr and "consistency_weight=0" in res.stderr
 
 
-def test_multi_view_evaluation(trained):
+def test_multi_view_evaluation(trained, msta_cli):
     run, _ = trained
-    res = run_msta(["eval", str(run), "--json", "--views", "2x3", "--no-plots"])
+    res = msta_cli(["eval", str(run), "--json", "--views", "2x3", "--no-plots"])
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["views"] == "2x3" and out["splits"]["val"]["n"] == 8 and 0.0 <= out["top1"] <= 1.0
-    res = run_msta(["eval", str(run), "--views", "2x2", "--no-plots"])
-    assert res.returncode == 2 and "CROPS 1 or 3" in res.stderr
 
 
-def test_an_unreadable_video_is_skipped_not_fatal(tmp_path):
+def test_eval_reports_user_errors(trained):
+    run, _ = trained
+    res = run_msta_process(["eval", str(run), "--views", "2x2", "--no-plots"])
+    assert res.returncode == 2 and "CROPS 1 or 3" in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_an_unreadable_video_is_skipped_not_fatal(tmp_path, msta_cli):
     data = make_synth(tmp_path / "data", videos_per_class=2, val_per_class=1)
     first = (data / "train.txt").read_text().split()[0]
     (data / first).write_bytes(b"not a video at all")
     run = tmp_path / "run"
-    res = run_msta(synth_args(data, run, *SHORT, "--set", "loss.consistency_weight=0"))
+    res = msta_cli(synth_args(data, run, *SHORT, "--set", "loss.consistency_weight=0"))
     assert res.returncode == 0, res.stderr
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["skipped_videos"] == 1 and "1 unreadable videos skipped" in res.stderr

@@ -14,7 +14,8 @@ import torch
 from msta import checkpoint as ckpt
 from msta.config import PRESETS_DIR, load_config
 from msta.distributed import ShardedOrder
-from msta.train import TrainState, expand, lr_factor
+from msta.run import expand
+from msta.train import TrainState, lr_factor
 
 # --------------------------------------------------------------------------- schedule
 
@@ -191,7 +192,7 @@ DATASET_LISTS = {
 
 @pytest.mark.parametrize("name", sorted(DATASET_LISTS))
 def test_dataset_presets_point_at_existing_split_files(name, shared_data):
-    from msta.train import class_names, hflip_for
+    from msta.run import class_names, hflip_for
 
     classes, hflip = DATASET_LISTS[name]
     cfg = load_config([name], [f"data.data_dir={shared_data}"])
@@ -212,7 +213,7 @@ def test_dataset_presets_point_at_existing_split_files(name, shared_data):
 
 
 def test_protocol_and_dataset_presets_compose(shared_data):
-    from msta.train import class_names, train_classes_spec
+    from msta.run import class_names, train_classes_spec
 
     cfg = load_config(["hmdb51", "base2novel"], [f"data.data_dir={shared_data}"])
     assert cfg.adapter.start == 1 and cfg.data.classes == "hmdb51"
@@ -226,7 +227,7 @@ def test_protocol_and_dataset_presets_compose(shared_data):
 
 
 def test_dataset_placeholder_needs_a_builtin_dataset():
-    from msta.train import TrainError
+    from msta.run import TrainError
 
     cfg = load_config(["base2novel"], ["data.classes=my_classes.csv"])
     with pytest.raises(TrainError, match="dataset preset before the protocol preset"):
