@@ -36,12 +36,15 @@ def _err(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _open(cache: str, must_exist: bool = True):
+def _open(cache: str, write: bool = False, create: bool = False):
+    """Reading commands open the cache read-only; writing ones for writing (``create``: may be new)."""
     from descgen.store import Store
 
-    if must_exist and not Path(cache).exists():
+    if not write:
+        return Store(cache, readonly=True)
+    if not create and not Path(cache).exists():
         raise StoreError(f"cache file not found: {cache}")
-    return Store(cache, create=not must_exist)
+    return Store(cache)
 
 
 def _console(stderr: bool = False):
@@ -87,7 +90,7 @@ def encode_cmd(
 
     t0 = time.monotonic()
     try:
-        store = _open(cache)
+        store = _open(cache, write=True)
         set_ids = None
         if set_id:
             set_ids = [select_set(store, dataset=dataset, set_id=set_id).id]
@@ -388,7 +391,7 @@ def import_cmd(
     existed = Path(cache).exists()
     store = None
     try:
-        store = _open(cache, must_exist=False)
+        store = _open(cache, write=True, create=True)
         res = import_files(store, dataset, spatial, temporal, data_dir=data_dir, classes_file=classes)
     except _USER_ERRORS as exc:
         if store is not None and not existed:  # leave no empty cache file behind

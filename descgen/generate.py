@@ -228,15 +228,15 @@ def generate(
                 raise GenerateInputError(scrub_secrets(str(exc)) or "backend error") from None
         else:
             be = backend_obj
-        if store is None:
-            try:
+        try:
+            if store is None:
                 store = Store(cache_path, create=True)
-            except StoreError as exc:
-                raise GenerateInputError(str(exc)) from None
-            except OSError as exc:
-                raise GenerateInputError(
-                    f"cannot create the cache {cache_path}: {exc.strerror or exc}"
-                ) from None
+            else:
+                store.make_writable()  # opened read-only above to see what is cached
+        except StoreError as exc:
+            raise GenerateInputError(str(exc)) from None
+        except OSError as exc:
+            raise GenerateInputError(f"cannot create the cache {cache_path}: {exc.strerror or exc}") from None
         store.ensure_prompt(prm.fingerprint, prm.name, prm.version, prm.canonical)
         dset = store.ensure_set(classes.name, prm.fingerprint, backend_name, model_name, params, n)
         assert dset.id == set_id

@@ -23,13 +23,15 @@ from typing import Any
 
 from descgen.datasets import ClassList, ClassListError, load_class_list
 from descgen.encode import DescgenDataError, select_set
+from descgen.errors import DescgenError
+from descgen.fileio import OutputPathError, write_text_atomic
 from descgen.store import KINDS, DescriptionSet, Store, canonical_json
 
 IMPORT_BACKEND = "import"
 EXPORT_FORMATS = ("json", "msta")
 
 
-class TransferError(DescgenDataError):
+class TransferError(DescgenDataError, DescgenError):
     """A description file cannot be imported or a set cannot be exported. Message is for the user."""
 
 
@@ -267,24 +269,27 @@ def export_set(
                 for n in ordered
             ],
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+        _write(out, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
         return [out]
     if out.exists() and not out.is_dir():
         raise TransferError(f"--format msta writes two files into a directory; {out} is a file")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TransferError(f"cannot create the directory {out}: {exc.strerror or exc}") from None
     written = []
     for kind, letter in (("spatial", "s"), ("temporal", "t")):
         entries = {str(ids[n]): descs[n][kind] for n in ordered if descs[n][kind]}
         if not entries:
             continue
         path = out / f"{set_.n}_{letter}_description_{set_.dataset}.json"
-        _write_atomic(path, json.dumps(entries, ensure_ascii=False, indent=2) + "\n")
+        _write(path, json.dumps(entries, ensure_ascii=False, indent=2) + "\n")
         written.append(path)
     return written
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def _write(path: Path, text: str) -> None:
+    try:
+        write_text_atomic(path, text)
+    except OutputPathError as exc:
+        raise TransferError(str(exc)) from None
