@@ -329,7 +329,8 @@ class Store:
         self.writable = False
         if readonly or not create:
             _require_file(self.path)
-            self._open_reader()  # an older but readable cache is migrated when first written
+            if self._open_reader() == 0 and not readonly:
+                self.make_writable()  # an empty file (no tables) becomes a cache
         else:
             self._open_writer()
 
@@ -351,9 +352,9 @@ class Store:
         try:
             conn = self._connect(uri, uri=True)
             version = _read_version(conn, self.path)
-            if version == 0:
+            if version == 0 and self.readonly:
                 raise StoreError(f"{self.path} is not a descgen cache (it has no tables)")
-            if version < MIN_READABLE_VERSION:
+            if 0 < version < MIN_READABLE_VERSION:
                 raise StoreError(
                     f"{self.path} has cache schema version {version}, too old to read; upgrade it by "
                     "running a writing command on it (descgen encode, import or generate)"

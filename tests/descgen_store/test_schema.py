@@ -123,3 +123,13 @@ def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
 def test_removed_helpers_are_gone() -> None:
     for name in ("list_datasets", "get_generation", "distinct_description_count"):
         assert not hasattr(Store, name)
+
+
+def test_an_empty_file_becomes_a_cache_for_writers_only(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.touch()
+    with pytest.raises(StoreError, match="has no tables"):
+        Store(path, readonly=True)
+    assert path.stat().st_size == 0
+    with Store(path, create=False) as st:
+        assert st.schema_version() == SCHEMA_VERSION and st.list_sets() == []
