@@ -391,7 +391,11 @@ class Store:
                 conn.close()
             raise exc if isinstance(exc, StoreError) else _store_error(exc, self.path) from None
         self._attach(conn, writable=True)
-        self._migrate(version)
+        try:
+            self._migrate(version)
+        except BaseException:
+            self.close()
+            raise
 
     def make_writable(self) -> None:
         """Reopen a cache opened with ``create=False`` for writing (a no-op when it already is).
@@ -406,7 +410,11 @@ class Store:
         assert self.conn is not None
         self.conn.close()
         self.conn = None
-        self._open_writer()
+        try:
+            self._open_writer()
+        except BaseException:
+            self._open_reader()  # still usable for reading
+            raise
 
     # ------------------------------------------------------------------ migrations
     def schema_version(self) -> int:
