@@ -28,12 +28,15 @@ ClassesOpt = typer.Option(
 SetOpt = typer.Option(None, "--set", help="Description set id (a unique prefix is enough).")
 
 
-def _open(cache: str, must_exist: bool = True):
+def _open(cache: str, write: bool = False, create: bool = False):
+    """Reading commands open the cache read-only; writing ones for writing (``create``: may be new)."""
     from descgen.store import Store, StoreError
 
-    if must_exist and not Path(cache).exists():
+    if not write:
+        return Store(cache, readonly=True)
+    if not create and not Path(cache).exists():
         raise StoreError(f"cache file not found: {cache}")
-    return Store(cache, create=not must_exist)
+    return Store(cache)
 
 
 def _console(stderr: bool = False):
@@ -77,7 +80,7 @@ def encode_cmd(
     from descgen.encode import RandomWeightsWarning, encode_missing, load_text_encoder, select_set
 
     t0 = time.monotonic()
-    store = _open(cache)
+    store = _open(cache, write=True)
     set_ids = None
     if set_id:
         set_ids = [select_set(store, dataset=dataset, set_id=set_id).id]
@@ -353,7 +356,7 @@ def import_cmd(
     existed = Path(cache).exists()
     store = None
     try:
-        store = _open(cache, must_exist=False)
+        store = _open(cache, write=True, create=True)
         res = import_files(store, dataset, spatial, temporal, data_dir=data_dir, classes_file=classes)
     except Exception:
         if store is not None and not existed:  # leave no empty cache file behind

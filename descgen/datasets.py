@@ -43,6 +43,9 @@ BUILTIN: dict[str, str] = {
 
 GENERIC_DESCRIPTION = "a video action-recognition dataset of human actions"
 
+MAX_CLASS_NAME_CHARS = 200  # longer "names" are data errors (a whole file on one line, ...)
+_MAX_LINE_CHARS = 64 * 1024  # below the csv module's field limit, far above any real line
+
 
 class ClassListError(DescgenError):
     """A class list cannot be used. The message is meant for the user, as is."""
@@ -199,6 +202,12 @@ def _lines(text: str) -> list[tuple[int, str]]:
 
 def _parse_text(path: Path, text: str) -> list[_Entry]:
     lines = _lines(text)
+    for n, line in lines:
+        if len(line) > _MAX_LINE_CHARS:
+            raise ClassListError(
+                f"class list {path}, line {n}: the line is {len(line)} characters long "
+                f"(class names are limited to {MAX_CLASS_NAME_CHARS} characters)"
+            )
     first = lines[0][1] if lines else ""
     header = [c.strip().lower() for c in next(csv.reader([first]), [])]
     if "name" in header and "id" in header:
@@ -230,7 +239,10 @@ def _parse_text(path: Path, text: str) -> list[_Entry]:
 
 def _parse_csv(path: Path, text: str, header: list[str] | None) -> list[_Entry]:
     reader = csv.reader(io.StringIO(text))
-    rows = list(reader)
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise ClassListError(f"class list {path}, line {reader.line_num}: not valid CSV ({exc})") from None
     while rows and not any(c.strip() for c in rows[-1]):
         rows.pop()
     start = 1 if header is not None else 0
@@ -271,6 +283,11 @@ def _check(path: Path, entries: list[_Entry]) -> list[str]:
     for where, _, name in entries:
         if not name.strip():
             raise ClassListError(f"class list {path}, {where}: empty class name")
+        if len(name.strip()) > MAX_CLASS_NAME_CHARS:
+            raise ClassListError(
+                f"class list {path}, {where}: class name is {len(name.strip())} characters long "
+                f"(the limit is {MAX_CLASS_NAME_CHARS}): {name.strip()[:40]!r}..."
+            )
         key = _norm(name)
         if key in seen:
             raise ClassListError(

@@ -1,10 +1,12 @@
-"""The SQLite cache: schema and every read and write of it.
+"""The SQLite cache: schema, migrations and every read and write of it.
 
 This is the only module of the project that contains SQL. Everything else goes through the
 functions and methods below.
 
 Tables
 ------
+meta          key/value; ``schema_version`` is the number of the last migration applied
+migrations    one row per migration step applied: version, name, time
 prompts       full canonical text of every prompt version used, keyed by its sha256 fingerprint
 sets          a description set: (dataset, prompt, backend, model, sampling parameters, N)
 generations   one row per LLM request (or per imported file entry), with raw response and status
@@ -12,28 +14,50 @@ descriptions  validated sentences, keyed by (set, class name, kind, index) -- ne
 encoders      text encoders (model name + weights identity) used to embed descriptions
 embeddings    float32 vectors as BLOBs keyed by (sha256 of the text, encoder fingerprint)
 
-The file is opened in WAL mode; each class's result is written in one transaction, so a killed
-process never leaves a half-written class behind.
+Opening
+-------
+``Store(path)`` opens for writing: it creates the file and the schema if needed and applies the
+migrations this version knows. ``Store(path, readonly=True)`` opens an existing cache read-only
+(``mode=ro``): it never creates, migrates or changes anything. ``Store(path, create=False)`` opens
+an existing cache read-only and reopens it for writing at the first write (see
+:meth:`Store.make_writable`), so a reader that finds everything it needs works on a read-only file.
+
+Every open refuses, in one line, a file that is not a descgen cache, a cache written by a newer
+version, and a corrupt file. Writers run ``PRAGMA quick_check`` before they write anything;
+readers check the schema and the ``meta`` table on open, and every later read that meets a
+damaged page ends in the same one-line error.
+
+Writers use WAL mode with a busy timeout, and each class's result is written in one
+transaction, so a killed process never leaves a half-written class behind and two writers wait
+for each other instead of failing. The last writer to close switches the file back to a rollback
+journal, so a cache at rest has no ``-wal``/``-shm`` files and read-only openers create none.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+import types
+import urllib.parse
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+from descgen.errors import DescgenError
+
 KINDS = ("spatial", "temporal")
+MIN_READABLE_VERSION = 1  # readers accept caches from this schema version up to SCHEMA_VERSION
+BUSY_TIMEOUT_MS = 30_000
 
 
-class StoreError(Exception):
+class StoreError(DescgenError):
     """A problem with the cache file that the user can fix (wrong path, not a cache, ...)."""
 
 
@@ -48,6 +72,214 @@ def canonical_json(obj: Any) -> str:
 
 def _now() -> float:
     return time.time()
+
+
+# ---------------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: applied once, in its own transaction, and recorded."""
+
+    version: int
+    name: str
+    apply: Callable[[sqlite_utils.Database], None]
+
+
+def _initial_schema(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+    db["prompts"].create(
+        {"fingerprint": str, "name": str, "version": str, "content": str, "created_at": float},
+        pk="fingerprint",
+        not_null={"name", "content"},
+    )
+    db["sets"].create(
+        {
+            "id": str,
+            "dataset": str,
+            "prompt_fp": str,
+            "backend": str,
+            "model": str,
+            "params": str,
+            "n": int,
+            "source": str,
+            "created_at": float,
+        },
+        pk="id",
+        not_null={"dataset", "prompt_fp", "backend", "model", "params", "n"},
+    )
+    db["sets"].create_index(["dataset"])
+    _create_generations(db)
+    _create_descriptions(db)
+    _create_embeddings(db)
+
+
+def _create_generations(db: sqlite_utils.Database) -> None:
+    db["generations"].create(
+        {
+            "id": int,
+            "set_id": str,
+            "dataset": str,
+            "class_name": str,
+            "class_id": int,
+            "prompt_fp": str,
+            "backend": str,
+            "model": str,
+            "params": str,
+            "attempt": int,
+            "seed": int,
+            "request": str,
+            "raw_response": str,
+            "status": str,
+            "error": str,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "latency_s": float,
+            "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("set_id", "sets", "id")],
+        not_null={"set_id", "class_name", "status"},
+    )
+    db["generations"].create_index(["set_id", "class_name"])
+    db["generations"].create_index(["status"])
+
+
+def _create_descriptions(db: sqlite_utils.Database) -> None:
+    db["descriptions"].create(
+        {
+            "id": int,
+            "set_id": str,
+            "class_name": str,
+            "kind": str,
+            "idx": int,
+            "text": str,
+            "text_hash": str,
+            "phrase": str,
+            "generation_id": int,
+        },
+        pk="id",
+        foreign_keys=[("set_id", "sets", "id"), ("generation_id", "generations", "id")],
+        not_null={"set_id", "class_name", "kind", "idx", "text", "text_hash"},
+    )
+    db["descriptions"].create_index(["set_id", "class_name", "kind", "idx"], unique=True)
+    db["descriptions"].create_index(["text_hash"])
+
+
+def _create_embeddings(db: sqlite_utils.Database) -> None:
+    db["encoders"].create(
+        {
+            "fingerprint": str,
+            "model_name": str,
+            "pretrained": str,
+            "weights_hash": str,
+            "context_length": int,
+            "dim": int,
+            "random_weights": int,
+            "created_at": float,
+        },
+        pk="fingerprint",
+    )
+    db["embeddings"].create(
+        {
+            "text_hash": str,
+            "encoder_fp": str,
+            "dim": int,
+            "dtype": str,
+            "vector": bytes,
+            "n_tokens": int,
+            "truncated": int,
+            "created_at": float,
+        },
+        pk=("text_hash", "encoder_fp"),
+        foreign_keys=[("encoder_fp", "encoders", "fingerprint")],
+    )
+
+
+def _one_answer_per_class(db: sqlite_utils.Database) -> None:
+    """At most one current ('ok') answer per class of a set, enforced by the file itself."""
+    db.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS idx_generations_one_ok ON generations (set_id, class_name) "
+        "WHERE status = 'ok'"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _initial_schema),
+    Migration(2, "one ok answer per class", _one_answer_per_class),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def _read_version(conn: sqlite3.Connection, path: Path) -> int:
+    """Schema version of an open file: 0 for a file without tables; StoreError for a foreign file."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return 0
+    row = None
+    if "meta" in tables:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None or not str(row[0]).isdigit():
+        shown = ", ".join(sorted(tables)[:5])
+        raise StoreError(f"{path} is not a descgen cache (an SQLite file with other tables: {shown})")
+    version = int(row[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has cache schema version {version}, newer than this descgen knows "
+            f"({SCHEMA_VERSION}); upgrade descgen to use it"
+        )
+    return version
+
+
+def _store_error(exc: sqlite3.Error, path: Path) -> StoreError:
+    """One clear message for an SQLite error met while using the cache file."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    text = str(exc)
+    if code == sqlite3.SQLITE_CORRUPT or "malformed" in text:
+        return StoreError(
+            f"{path} is corrupt ({text}); nothing was written to it. Salvage what it holds with: "
+            f'sqlite3 {path} ".recover" | sqlite3 recovered.db'
+        )
+    if code == sqlite3.SQLITE_NOTADB:
+        return StoreError(f"{path} is not a usable SQLite cache: {text}")
+    if code == sqlite3.SQLITE_READONLY:
+        return StoreError(f"the cache is read-only: {path}")
+    if code == sqlite3.SQLITE_BUSY:
+        return StoreError(
+            f"the cache {path} is locked by another process (waited {BUSY_TIMEOUT_MS // 1000} s)"
+        )
+    if code == sqlite3.SQLITE_CANTOPEN:
+        return StoreError(f"cannot open the cache {path}")
+    return StoreError(f"{path}: {text}")
+
+
+def _guarded(method: Callable) -> Callable:
+    """Turn an SQLite error inside a Store method into a StoreError naming the file."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _store_error(exc, self.path) from None
+
+    return wrapper
+
+
+def _require_file(path: Path) -> None:
+    if path.is_dir():
+        raise StoreError(f"the cache {path} is a directory, not a file")
+    if not path.exists():
+        raise StoreError(f"cache file not found: {path}")
+
+
+def _require_writable(path: Path) -> None:
+    """The file (or, for a new file, its directory) and the directory must be writable."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StoreError(f"the cache is read-only: {path}")
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"the cache is read-only: {path} (its directory {parent} is not writable)")
 
 
 @dataclass(frozen=True)
@@ -82,143 +314,160 @@ def set_id_for(dataset: str, prompt_fp: str, backend: str, model: str, params: d
 
 
 class Store:
-    """A description cache file."""
+    """A description cache file.
 
-    def __init__(self, path: str | Path, create: bool = True):
-        self.path = Path(path)
-        if not create and not self.path.exists():
-            raise StoreError(f"cache file not found: {self.path}")
-        if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+    ``Store(path)`` opens for writing (creating the file and schema if needed);
+    ``Store(path, readonly=True)`` opens an existing cache read-only and never changes it;
+    ``Store(path, create=False)`` opens an existing cache read-only and reopens it for writing
+    at the first write.
+    """
+
+    def __init__(self, path: str | Path, create: bool = True, readonly: bool = False):
+        self.path = Path(path).expanduser()
+        self.readonly = readonly
+        self.conn: sqlite3.Connection | None = None
+        self.writable = False
+        if readonly or not create:
+            _require_file(self.path)
+            if self._open_reader() == 0 and not readonly:
+                self.make_writable()  # an empty file (no tables) becomes a cache
+        else:
+            self._open_writer()
+
+    # ------------------------------------------------------------------ opening
+    def _connect(self, target: str, uri: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, uri=uri, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return conn
+
+    def _attach(self, conn: sqlite3.Connection, writable: bool) -> None:
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self.writable = writable
+
+    def _open_reader(self) -> int:
+        """Open read-only (no WAL switch, no schema); return the schema version."""
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+        conn = None
         try:
-            conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            conn = self._connect(uri, uri=True)
+            version = _read_version(conn, self.path)
+            if version == 0 and self.readonly:
+                raise StoreError(f"{self.path} is not a descgen cache (it has no tables)")
+            if 0 < version < MIN_READABLE_VERSION:
+                raise StoreError(
+                    f"{self.path} has cache schema version {version}, too old to read; upgrade it by "
+                    "running a writing command on it (descgen encode, import or generate)"
+                )
+        except (sqlite3.Error, StoreError) as exc:
+            if conn is not None:
+                conn.close()
+            raise exc if isinstance(exc, StoreError) else _store_error(exc, self.path) from None
+        self._attach(conn, writable=False)
+        return version
+
+    def _open_writer(self) -> None:
+        """Open for writing: refuse foreign, newer, corrupt and read-only files, then migrate."""
+        if self.path.is_dir():
+            raise StoreError(f"the cache {self.path} is a directory, not a file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the cache {self.path}: {exc.strerror or exc}") from None
+        _require_writable(self.path)
+        conn = None
+        try:
+            conn = self._connect(str(self.path), uri=False)
+            version = _read_version(conn, self.path)  # before anything is written
+            if version:
+                result = conn.execute("PRAGMA quick_check").fetchone()[0]
+                if result != "ok":
+                    raise sqlite3.DatabaseError(f"database disk image is malformed: {result}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a usable SQLite cache: {exc}") from None
-        self.conn = conn
-        self.db = sqlite_utils.Database(conn)
+        except (sqlite3.Error, StoreError) as exc:
+            if conn is not None:
+                conn.close()
+            raise exc if isinstance(exc, StoreError) else _store_error(exc, self.path) from None
+        self._attach(conn, writable=True)
         try:
-            self._create_schema()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a usable SQLite cache: {exc}") from None
+            self._migrate(version)
+        except BaseException:
+            self.close()
+            raise
 
-    # ------------------------------------------------------------------ schema
-    def _create_schema(self) -> None:
-        db = self.db
-        with self.transaction():
-            if "meta" not in db.table_names():
-                db["meta"].create({"key": str, "value": str}, pk="key")
-                db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
-            if "prompts" not in db.table_names():
-                db["prompts"].create(
-                    {"fingerprint": str, "name": str, "version": str, "content": str, "created_at": float},
-                    pk="fingerprint",
-                    not_null={"name", "content"},
+    def make_writable(self) -> None:
+        """Reopen a cache opened with ``create=False`` for writing (a no-op when it already is).
+
+        Raises StoreError ("the cache is read-only") when the file or its directory cannot be
+        written, and for a store opened with ``readonly=True``.
+        """
+        if self.writable:
+            return
+        if self.readonly:
+            raise StoreError(f"{self.path} was opened read-only by a reading command")
+        assert self.conn is not None
+        self.conn.close()
+        self.conn = None
+        try:
+            self._open_writer()
+        except BaseException:
+            self._open_reader()  # still usable for reading
+            raise
+
+    # ------------------------------------------------------------------ migrations
+    def schema_version(self) -> int:
+        return _read_version(self.conn, self.path)
+
+    def applied_migrations(self) -> list[dict]:
+        if "migrations" not in self.db.table_names():
+            return []
+        return list(self.db.query("SELECT * FROM migrations ORDER BY version"))
+
+    def _migrate(self, version: int) -> None:
+        for step in MIGRATIONS:
+            if step.version <= version:
+                continue
+            with self.transaction():  # BEGIN IMMEDIATE: another writer may have migrated meanwhile
+                if self.schema_version() >= step.version:
+                    continue
+                step.apply(self.db)
+                self.conn.execute(
+                    "CREATE TABLE IF NOT EXISTS migrations "
+                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at FLOAT NOT NULL)"
                 )
-            if "sets" not in db.table_names():
-                db["sets"].create(
-                    {
-                        "id": str,
-                        "dataset": str,
-                        "prompt_fp": str,
-                        "backend": str,
-                        "model": str,
-                        "params": str,
-                        "n": int,
-                        "source": str,
-                        "created_at": float,
-                    },
-                    pk="id",
-                    not_null={"dataset", "prompt_fp", "backend", "model", "params", "n"},
+                self.conn.execute(
+                    "INSERT INTO migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    [step.version, step.name, _now()],
                 )
-                db["sets"].create_index(["dataset"])
-            if "generations" not in db.table_names():
-                db["generations"].create(
-                    {
-                        "id": int,
-                        "set_id": str,
-                        "dataset": str,
-                        "class_name": str,
-                        "class_id": int,
-                        "prompt_fp": str,
-                        "backend": str,
-                        "model": str,
-                        "params": str,
-                        "attempt": int,
-                        "seed": int,
-                        "request": str,
-                        "raw_response": str,
-                        "status": str,
-                        "error": str,
-                        "prompt_tokens": int,
-                        "completion_tokens": int,
-                        "latency_s": float,
-                        "created_at": float,
-                    },
-                    pk="id",
-                    foreign_keys=[("set_id", "sets", "id")],
-                    not_null={"set_id", "class_name", "status"},
-                )
-                db["generations"].create_index(["set_id", "class_name"])
-                db["generations"].create_index(["status"])
-            if "descriptions" not in db.table_names():
-                db["descriptions"].create(
-                    {
-                        "id": int,
-                        "set_id": str,
-                        "class_name": str,
-                        "kind": str,
-                        "idx": int,
-                        "text": str,
-                        "text_hash": str,
-                        "phrase": str,
-                        "generation_id": int,
-                    },
-                    pk="id",
-                    foreign_keys=[("set_id", "sets", "id"), ("generation_id", "generations", "id")],
-                    not_null={"set_id", "class_name", "kind", "idx", "text", "text_hash"},
-                )
-                db["descriptions"].create_index(["set_id", "class_name", "kind", "idx"], unique=True)
-                db["descriptions"].create_index(["text_hash"])
-            if "encoders" not in db.table_names():
-                db["encoders"].create(
-                    {
-                        "fingerprint": str,
-                        "model_name": str,
-                        "pretrained": str,
-                        "weights_hash": str,
-                        "context_length": int,
-                        "dim": int,
-                        "random_weights": int,
-                        "created_at": float,
-                    },
-                    pk="fingerprint",
-                )
-            if "embeddings" not in db.table_names():
-                db["embeddings"].create(
-                    {
-                        "text_hash": str,
-                        "encoder_fp": str,
-                        "dim": int,
-                        "dtype": str,
-                        "vector": bytes,
-                        "n_tokens": int,
-                        "truncated": int,
-                        "created_at": float,
-                    },
-                    pk=("text_hash", "encoder_fp"),
-                    foreign_keys=[("encoder_fp", "encoders", "fingerprint")],
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    [str(step.version)],
                 )
 
     def transaction(self):
-        """Context manager: one atomic write (BEGIN IMMEDIATE ... COMMIT / ROLLBACK)."""
-        return _Transaction(self.conn)
+        """Context manager: one atomic write (BEGIN IMMEDIATE ... COMMIT / ROLLBACK).
+
+        A store opened with ``create=False`` is reopened for writing first.
+        """
+        if not self.writable:
+            self.make_writable()
+        return _Transaction(self.conn, self.path)
 
     def close(self) -> None:
+        if self.conn is None:
+            return
+        if self.writable:
+            # The last writer leaves the file in rollback-journal mode: no -wal/-shm at rest.
+            # While another connection is open this fails at once and the file stays in WAL.
+            try:
+                self.conn.execute("PRAGMA busy_timeout=0")
+                self.conn.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.Error:
+                pass
         self.conn.close()
+        self.conn = None
 
     def __enter__(self) -> Store:
         return self
@@ -313,9 +562,6 @@ class Store:
         sql += " ORDER BY created_at"
         return [self._set_from_row(r) for r in self.db.query(sql, args)]
 
-    def list_datasets(self) -> list[str]:
-        return [r["dataset"] for r in self.db.query("SELECT DISTINCT dataset FROM sets ORDER BY dataset")]
-
     # ------------------------------------------------------------------ generations
     def completed_classes(self, set_id: str) -> set[str]:
         """Classes of a set that have their validated descriptions stored."""
@@ -340,7 +586,7 @@ class Store:
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown generation fields: {sorted(unknown)}")
-        if fields.get("status") not in ("ok", "invalid", "error"):
+        if fields.get("status") not in ("ok", "invalid", "error", "superseded"):
             raise ValueError(f"bad generation status {fields.get('status')!r}")
         row = {
             "set_id": set_.id,
@@ -380,10 +626,14 @@ class Store:
         """Store a valid answer and its sentences in ONE transaction.
 
         With ``replace`` (``--force``), earlier descriptions of this class in this set are
-        replaced; their generation rows stay as history.
+        replaced; their generation rows stay as history. Without it, a class that another
+        process completed meanwhile keeps its descriptions, and this answer is kept as history
+        with status 'superseded' (its tokens still count in the usage report).
         """
-        fields = {**fields, "status": "ok"}
         with self.transaction():
+            if not replace and self._has_answer(set_.id, class_name):
+                return self._insert_generation(set_, class_name, {**fields, "status": "superseded"})
+            fields = {**fields, "status": "ok"}
             if replace:
                 self.conn.execute(
                     "DELETE FROM descriptions WHERE set_id = ? AND class_name = ?", [set_.id, class_name]
@@ -404,6 +654,13 @@ class Store:
                     )
             return gid
 
+    def _has_answer(self, set_id: str, class_name: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM generations WHERE set_id = ? AND class_name = ? AND status = 'ok' LIMIT 1",
+            [set_id, class_name],
+        ).fetchone()
+        return row is not None
+
     def generations(
         self, set_id: str | None = None, class_name: str | None = None, status: str | None = None
     ) -> list[dict]:
@@ -420,10 +677,6 @@ class Store:
             args.append(status)
         sql += " ORDER BY id"
         return list(self.db.query(sql, args))
-
-    def get_generation(self, generation_id: int) -> dict | None:
-        rows = list(self.db.query("SELECT * FROM generations WHERE id = ?", [generation_id]))
-        return rows[0] if rows else None
 
     def count_rows(self, table: str) -> int:
         if table not in ("prompts", "sets", "generations", "descriptions", "encoders", "embeddings"):
@@ -481,6 +734,9 @@ class Store:
         dim: int,
         random_weights: bool,
     ) -> None:
+        """Record an encoder the first time it is used (an encoder already there writes nothing)."""
+        if self.get_encoder(fingerprint) is not None:
+            return
         with self.transaction():
             self.conn.execute(
                 "INSERT OR IGNORE INTO encoders (fingerprint, model_name, pretrained, weights_hash, "
@@ -523,6 +779,9 @@ class Store:
 
     def put_embeddings(self, encoder_fp: str, rows: Iterable[dict]) -> int:
         """Insert embeddings (dicts with text_hash, vector bytes, dim, n_tokens, truncated) atomically."""
+        rows = list(rows)
+        if not rows:
+            return 0
         now = _now()
         n = 0
         with self.transaction():
@@ -605,32 +864,34 @@ class Store:
             )
         )
 
-    def distinct_description_count(self, set_id: str) -> int:
-        rows = list(
-            self.db.query(
-                "SELECT COUNT(DISTINCT text_hash) AS n FROM descriptions WHERE set_id = ?", [set_id]
-            )
-        )
-        return int(rows[0]["n"]) if rows else 0
+
+for _name, _member in list(vars(Store).items()):
+    if isinstance(_member, types.FunctionType) and not _name.startswith("__") and _name != "close":
+        setattr(Store, _name, _guarded(_member))
 
 
 class _Transaction:
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, path: Path):
         self.conn = conn
+        self.path = path
         self.outer = False
 
     def __enter__(self):
         if self.conn.in_transaction:
             self.outer = True  # nested: the outer transaction commits
             return self
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _store_error(exc, self.path) from None
         return self
 
     def __exit__(self, exc_type, exc, tb):
         if self.outer:
             return False
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
-            self.conn.execute("ROLLBACK")
+        try:
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        except sqlite3.Error as err:
+            if exc_type is None:
+                raise _store_error(err, self.path) from None
         return False

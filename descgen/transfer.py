@@ -23,13 +23,15 @@ from typing import Any
 
 from descgen.datasets import ClassList, ClassListError, load_class_list
 from descgen.encode import DescgenDataError, select_set
+from descgen.errors import DescgenError
+from descgen.fileio import OutputPathError, write_text_atomic
 from descgen.store import KINDS, DescriptionSet, Store, canonical_json
 
 IMPORT_BACKEND = "import"
 EXPORT_FORMATS = ("json", "msta")
 
 
-class TransferError(DescgenDataError):
+class TransferError(DescgenDataError, DescgenError):
     """A description file cannot be imported or a set cannot be exported. Message is for the user."""
 
 
@@ -118,6 +120,37 @@ def _export_doc_entries(path: Path, obj: dict, classes: ClassList) -> dict[str, 
     return {k: _map_entries(path, v, classes) for k, v in kinds.items() if v}
 
 
+@dataclass
+class _Files:
+    """What the description files hold: {kind: {class name: [text...]}} and their provenance."""
+
+    per_kind: dict[str, dict[str, list[str]]]
+    paths: dict[str, Path]
+    content: str  # the text stored as the set's prompt
+    model: str  # the file name(s)
+
+
+def _read_files(spatial: str | Path, temporal: str | Path | None, classes: ClassList) -> _Files:
+    sp = Path(spatial).expanduser()
+    sp_text, sp_obj = _read_json(sp)
+    if _is_export_doc(sp_obj):
+        if temporal is not None:
+            raise TransferError(f"{sp} is an export document that holds both kinds; do not pass --temporal")
+        per_kind = _export_doc_entries(sp, sp_obj, classes)
+        return _Files(per_kind, {k: sp for k in per_kind}, sp_text, sp.name)
+    files = _Files({"spatial": _map_entries(sp, sp_obj, classes)}, {"spatial": sp}, sp_text, sp.name)
+    if temporal is not None:
+        tp = Path(temporal).expanduser()
+        tp_text, tp_obj = _read_json(tp)
+        if _is_export_doc(tp_obj):
+            raise TransferError(f"{tp} is an export document; pass it alone with --spatial")
+        files.per_kind["temporal"] = _map_entries(tp, tp_obj, classes)
+        files.paths["temporal"] = tp
+        files.content = f"=== spatial: {sp.name} ===\n{sp_text}\n=== temporal: {tp.name} ===\n{tp_text}"
+        files.model = f"{sp.name} + {tp.name}"
+    return files
+
+
 def import_files(
     store: Store,
     dataset: str,
@@ -131,71 +164,60 @@ def import_files(
         classes = load_class_list(dataset=dataset, classes_file=classes_file, data_dir=data_dir)
     except ClassListError as exc:
         raise TransferError(str(exc)) from None
-    sp = Path(spatial).expanduser()
-    sp_text, sp_obj = _read_json(sp)
-    files: dict[str, tuple[Path, str]] = {}
-    if _is_export_doc(sp_obj):
-        if temporal is not None:
-            raise TransferError(f"{sp} is an export document that holds both kinds; do not pass --temporal")
-        per_kind = _export_doc_entries(sp, sp_obj, classes)
-        files = {k: (sp, sp_text) for k in per_kind}
-        content = sp_text
-        model = sp.name
-    else:
-        per_kind = {"spatial": _map_entries(sp, sp_obj, classes)}
-        files["spatial"] = (sp, sp_text)
-        content = sp_text
-        model = sp.name
-        if temporal is not None:
-            tp = Path(temporal).expanduser()
-            tp_text, tp_obj = _read_json(tp)
-            if _is_export_doc(tp_obj):
-                raise TransferError(f"{tp} is an export document; pass it alone with --spatial")
-            per_kind["temporal"] = _map_entries(tp, tp_obj, classes)
-            files["temporal"] = (tp, tp_text)
-            content = f"=== spatial: {sp.name} ===\n{sp_text}\n=== temporal: {tp.name} ===\n{tp_text}"
-            model = f"{sp.name} + {tp.name}"
-    kinds = [k for k in KINDS if k in per_kind]
-    counts = Counter(len(v) for k in kinds for v in per_kind[k].values())
+    files = _read_files(spatial, temporal, classes)
+    kinds = [k for k in KINDS if k in files.per_kind]
+    counts = Counter(len(v) for k in kinds for v in files.per_kind[k].values())
     if not counts:
-        raise TransferError(f"{sp}: no descriptions found")
+        raise TransferError(f"{Path(spatial).expanduser()}: no descriptions found")
     n = max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
-    fp = hashlib.sha256(content.encode("utf-8")).hexdigest()
-    params = {"kinds": kinds, "files": {k: files[k][0].name for k in kinds}}
-    names_in_files = [c for c in classes.names if any(c in per_kind[k] for k in kinds)]
+    names_in_files = [c for c in classes.names if any(c in files.per_kind[k] for k in kinds)]
     missing = [c for c in classes.names if c not in names_in_files]
-    added = cached = 0
     with store.transaction():
-        store.ensure_prompt(fp, f"import:{model}", "file", content)
-        set_ = store.ensure_set(
-            dataset=classes.name,
-            prompt_fp=fp,
-            backend=IMPORT_BACKEND,
-            model=model,
-            params=params,
-            n=n,
-            source=str(files[kinds[0]][0]),
-        )
-        done = store.completed_classes(set_.id)
-        for name in names_in_files:
-            if name in done:
-                cached += 1
-                continue
-            entry = {k: per_kind[k][name] for k in kinds if name in per_kind[k]}
-            store.record_success(
-                set_,
-                name,
-                spatial=per_kind.get("spatial", {}).get(name, []),
-                temporal=per_kind.get("temporal", {}).get(name, []),
-                class_id=classes.names.index(name),
-                request=canonical_json({"import": {k: str(files[k][0]) for k in kinds}}),
-                raw_response=json.dumps(entry, ensure_ascii=False),
-                attempt=1,
-            )
-            added += 1
+        set_, added = _store_files(store, classes, files, kinds, n, names_in_files)
     return ImportResult(
-        set=set_, classes=len(names_in_files), added=added, cached=cached, missing=missing, n=n
+        set=set_,
+        classes=len(names_in_files),
+        added=added,
+        cached=len(names_in_files) - added,
+        missing=missing,
+        n=n,
     )
+
+
+def _store_files(
+    store: Store, classes: ClassList, files: _Files, kinds: list[str], n: int, names: list[str]
+) -> tuple[DescriptionSet, int]:
+    """Write the set and the classes it does not have yet; returns the set and how many were added."""
+    fp = hashlib.sha256(files.content.encode("utf-8")).hexdigest()
+    store.ensure_prompt(fp, f"import:{files.model}", "file", files.content)
+    set_ = store.ensure_set(
+        dataset=classes.name,
+        prompt_fp=fp,
+        backend=IMPORT_BACKEND,
+        model=files.model,
+        params={"kinds": kinds, "files": {k: files.paths[k].name for k in kinds}},
+        n=n,
+        source=str(files.paths[kinds[0]]),
+    )
+    done = store.completed_classes(set_.id)
+    request = canonical_json({"import": {k: str(files.paths[k]) for k in kinds}})
+    added = 0
+    for name in names:
+        if name in done:
+            continue
+        entry = {k: files.per_kind[k][name] for k in kinds if name in files.per_kind[k]}
+        store.record_success(
+            set_,
+            name,
+            spatial=files.per_kind.get("spatial", {}).get(name, []),
+            temporal=files.per_kind.get("temporal", {}).get(name, []),
+            class_id=classes.names.index(name),
+            request=request,
+            raw_response=json.dumps(entry, ensure_ascii=False),
+            attempt=1,
+        )
+        added += 1
+    return set_, added
 
 
 # ---------------------------------------------------------------------- export
@@ -267,24 +289,27 @@ def export_set(
                 for n in ordered
             ],
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+        _write(out, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
         return [out]
     if out.exists() and not out.is_dir():
         raise TransferError(f"--format msta writes two files into a directory; {out} is a file")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TransferError(f"cannot create the directory {out}: {exc.strerror or exc}") from None
     written = []
     for kind, letter in (("spatial", "s"), ("temporal", "t")):
         entries = {str(ids[n]): descs[n][kind] for n in ordered if descs[n][kind]}
         if not entries:
             continue
         path = out / f"{set_.n}_{letter}_description_{set_.dataset}.json"
-        _write_atomic(path, json.dumps(entries, ensure_ascii=False, indent=2) + "\n")
+        _write(path, json.dumps(entries, ensure_ascii=False, indent=2) + "\n")
         written.append(path)
     return written
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def _write(path: Path, text: str) -> None:
+    try:
+        write_text_atomic(path, text)
+    except OutputPathError as exc:
+        raise TransferError(str(exc)) from None

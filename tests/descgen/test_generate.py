@@ -251,7 +251,7 @@ def test_dry_run_json_is_the_plan(fake_openai: FakeOpenAI, tmp_path: Path, descg
     plan = json.loads(r.stdout)
     assert (plan["classes"], plan["complete"], plan["to_send"]) == (4, 1, 3)
     assert plan["to_send_classes"] == [f"action number {i}" for i in (1, 2, 3)]
-    with Store(tmp_path / "cache.db") as st:
+    with Store(tmp_path / "cache.db", readonly=True) as st:
         (dset,) = st.list_sets()
     assert plan["set_id"] == dset.id
     assert fake_openai.count() == 0 and (tmp_path / "cache.db").read_bytes() == before

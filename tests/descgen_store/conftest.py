@@ -1,0 +1,60 @@
+"""Real cache files for the store tests, and a way to make a file immutable (even for root)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from descgen.store import Store
+from tests.descgen_audit.conftest import make_generated_set, sentences
+
+CLASSES = ["pick up", "put down", "wave"]
+
+
+def fill(store: Store, dataset: str = "mini", classes: list[str] | None = None):
+    """A generated set with two spatial and two temporal sentences per class."""
+    data = {
+        c: sentences(c, [f"a hand near {c}", f"an object in {c}"], [f"reach for {c}", f"let go in {c}"])
+        for c in (classes or CLASSES)
+    }
+    return make_generated_set(store, dataset, data)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    """A closed cache file with one set of three classes."""
+    path = tmp_path / "cache.db"
+    with Store(path) as st:
+        fill(st)
+    return path
+
+
+def side_files(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name + "-"))
+
+
+def foreign_db(path: Path) -> bytes:
+    """An SQLite file of some other program; returns its bytes."""
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    conn.execute("INSERT INTO notes (text) VALUES ('keep me as I am')")
+    conn.commit()
+    conn.close()
+    return path.read_bytes()
+
+
+@contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``chattr +i``: nobody, not even root, can write the file (undone on exit)."""
+    res = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {res.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
