@@ -213,7 +213,8 @@ def _open_clip_tag(name: str, tag: str) -> tuple[str, bool]:
     if _offline() or not _hub_reachable():
         why = "HF_HUB_OFFLINE is set" if _offline() else "the model hub cannot be reached"
         raise EncoderLoadError(
-            f"weights {name}/{tag} are not in the local cache and {why}; download them once with "
+            f"weights {name}/{tag} are not in the local cache and cannot be downloaded ({why}); download "
+            "them once with "
             "network access, pass a local checkpoint file as the pretrained weights, or use "
             "pretrained none for random weights"
         )

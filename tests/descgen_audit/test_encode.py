@@ -119,10 +119,12 @@ def test_pretrained_tag_offline_fails_at_once(monkeypatch):
     with pytest.raises(EncoderLoadError, match="not in the local cache"):
         load_text_encoder("ViT-B-16", "openai")
     assert time.monotonic() - t0 < 20
-    with pytest.raises(EncoderLoadError, match="neither a pretrained tag"):
+    with pytest.raises(EncoderLoadError, match="neither a file nor a known tag"):
         load_text_encoder("ViT-B-16", "no-such-tag")
-    with pytest.raises(EncoderLoadError, match="unknown open_clip model"):
+    with pytest.raises(EncoderLoadError, match="unknown backbone 'No-Such-Model'"):
         load_text_encoder("No-Such-Model", "none")
+    with pytest.raises(EncoderLoadError, match="not a local file"):
+        load_text_encoder("viclip-tiny", "some-tag")
 
 
 def _set_with_texts(store: Store, n_classes: int = 3, long_text: bool = False):
