@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+Stats = tuple[Sequence[float], Sequence[float]]  # (mean, std) per RGB channel, the backbone's
 MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
 DECODERS = ("pyav", "decord", "frames")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -624,9 +625,10 @@ def _crop_resize(frames: torch.Tensor, box: Box, size: int) -> torch.Tensor:
     return TF.resize(crop, [size, size], antialias=True)
 
 
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=x.dtype).view(1, 3, 1, 1)
+def _normalize(x: torch.Tensor, stats: Stats | None = None) -> torch.Tensor:
+    mean, std = stats or (CLIP_MEAN, CLIP_STD)
+    mean = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -639,7 +641,7 @@ def _as_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def apply_train_transform(
-    frames: np.ndarray | torch.Tensor, params: TrainParams, input_size: int
+    frames: np.ndarray | torch.Tensor, params: TrainParams, input_size: int, stats: Stats | None = None
 ) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> normalised float ``[T, 3, S, S]`` with the given parameters."""
     import torchvision.transforms.v2.functional as TF
@@ -661,23 +663,29 @@ def apply_train_transform(
                 x = TF.adjust_hue(x, j.hue)
     if params.grey:
         x = TF.rgb_to_grayscale(x, num_output_channels=3)
-    return _normalize(x).contiguous()
+    return _normalize(x, stats).contiguous()
 
 
 def train_transform(
-    frames: np.ndarray | torch.Tensor, input_size: int, rng: np.random.Generator, hflip: bool
+    frames: np.ndarray | torch.Tensor,
+    input_size: int,
+    rng: np.random.Generator,
+    hflip: bool,
+    stats: Stats | None = None,
 ) -> torch.Tensor:
     """Training augmentation of one clip: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]``."""
     h, w = int(frames.shape[1]), int(frames.shape[2])
-    return apply_train_transform(frames, draw_train_params(h, w, input_size, rng, hflip), input_size)
+    return apply_train_transform(frames, draw_train_params(h, w, input_size, rng, hflip), input_size, stats)
 
 
-def eval_transform(frames: np.ndarray | torch.Tensor, input_size: int, num_crops: int = 1) -> torch.Tensor:
+def eval_transform(
+    frames: np.ndarray | torch.Tensor, input_size: int, num_crops: int = 1, stats: Stats | None = None
+) -> torch.Tensor:
     """Evaluation views of one clip: ``[T, 3, S, S]`` for one crop, ``[3, T, 3, S, S]`` for three."""
     h, w = int(frames.shape[1]), int(frames.shape[2])
     x = _as_tensor(frames)
     views = [
-        _normalize(_crop_resize(x, box, input_size).float().div_(255.0))
+        _normalize(_crop_resize(x, box, input_size).float().div_(255.0), stats)
         for box in eval_crop_boxes(h, w, input_size, num_crops)
     ]
     return views[0].contiguous() if num_crops == 1 else torch.stack(views).contiguous()
@@ -734,6 +742,7 @@ class VideoDataset(Dataset):
         views: tuple[int, int] = (1, 1),
         max_retries: int = 10,
         threads: int = 1,
+        stats: Stats | None = None,
     ) -> None:
         if decoder not in DECODERS:
             raise DataError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
@@ -761,6 +770,7 @@ class VideoDataset(Dataset):
         self.views = (clips, crops)
         self.max_retries = int(max_retries)
         self.threads = int(threads)
+        self.stats = stats  # (mean, std) per channel; None: CLIP's
         # In shared memory, so that persistent DataLoader workers see set_epoch() calls too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -796,11 +806,11 @@ class VideoDataset(Dataset):
             flat = [i for idx in per_clip for i in idx]
             frames = reader.get(flat)
         if self.train:
-            return train_transform(frames, self.input_size, rng, self.hflip)
+            return train_transform(frames, self.input_size, rng, self.hflip, self.stats)
         t = self.num_frames
         views: list[torch.Tensor] = []
         for k in range(clips):
-            v = eval_transform(frames[k * t : (k + 1) * t], self.input_size, crops)
+            v = eval_transform(frames[k * t : (k + 1) * t], self.input_size, crops, self.stats)
             views.extend([v] if crops == 1 else list(v))
         return views[0] if len(views) == 1 else torch.stack(views)
 

@@ -279,7 +279,13 @@ def evaluate_run(
             out_splits: dict[str, Any] = {}
             for sp, names, items in prepared:
                 ds = make_dataset(
-                    cfg, items, train=False, image_size=model.image_size, views=vc, root=sp.root
+                    cfg,
+                    items,
+                    train=False,
+                    image_size=model.image_size,
+                    views=vc,
+                    root=sp.root,
+                    stats=model.input_stats,
                 )
                 res = evaluate_split(model, ds, names, env, batch_size=bs, num_workers=cfg.data.num_workers)
                 res["list"] = expand(sp.list, cfg)

@@ -76,6 +76,7 @@ def predict(
             views=vc,
             root=str(path.parent),
             max_retries=0,
+            stats=model.input_stats,
         )
         sample = ds[0]
     except mdata.DataError as exc:

@@ -161,6 +161,7 @@ def make_dataset(
     views: tuple[int, int] = (1, 1),
     root: str | None = None,
     max_retries: int = 10,
+    stats=None,
 ):
     from msta import data as mdata
 
@@ -175,6 +176,7 @@ def make_dataset(
         seed=cfg.run.seed,
         views=views,
         max_retries=max_retries,
+        stats=stats,
     )
 
 
@@ -628,8 +630,13 @@ def _train(cfg, env, descriptions, resume, progress, torch, DataLoader, D, evalu
     def make_amp():
         return autocast(env.device)
 
-    train_set = make_dataset(cfg, train_items, train=True, image_size=model.image_size)
-    val_set = make_dataset(cfg, val_items, train=False, image_size=model.image_size) if val_items else None
+    stats = model.input_stats
+    train_set = make_dataset(cfg, train_items, train=True, image_size=model.image_size, stats=stats)
+    val_set = (
+        make_dataset(cfg, val_items, train=False, image_size=model.image_size, stats=stats)
+        if val_items
+        else None
+    )
     eval_bs = cfg.eval.batch_size or max(1, o.batch_size // env.world_size)
 
     def save(names_: tuple[str, ...]) -> None:
