@@ -211,6 +211,10 @@ class ViCLIPBackbone(nn.Module):
 
     # ----------------------------------------------------------------- text
 
+    def text_cut_length(self, tokens: Tensor) -> int:
+        """The shortest context giving exactly the full-context result (causal, end-token pooling)."""
+        return self.model.text_encoder.cut_length(tokens)
+
     def encode_text_tokens(
         self,
         tokens: Tensor,
@@ -223,7 +227,7 @@ class ViCLIPBackbone(nn.Module):
         blocks are left to no hook; with a ``cache`` their output is computed once per token batch."""
         text = self.model.text_encoder
         if cut:
-            tokens = tokens[:, : text.cut_length(tokens)]
+            tokens = tokens[:, : self.text_cut_length(tokens)]
         length = tokens.shape[1]
         blocks = text.transformer.resblocks
         mask = text.attn_mask[:length, :length]
