@@ -112,7 +112,9 @@ def create_open_clip(
         raise BackboneError(str(exc)) from None
 
 
-def create_backbone(name: str, pretrained: str = "none", seed: int = RANDOM_WEIGHTS_SEED) -> VideoTextBackbone:
+def create_backbone(
+    name: str, pretrained: str = "none", seed: int = RANDOM_WEIGHTS_SEED
+) -> VideoTextBackbone:
     """The frozen backbone ``name`` with weights ``pretrained``: the one factory of msta.
 
     ``name``: ``viclip-b16``, ``viclip-l14``, a shipped config (``clip-tiny``, ``viclip-tiny``),

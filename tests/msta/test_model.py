@@ -269,7 +269,9 @@ def test_uncached_tag_fails_at_once_offline(monkeypatch):
     import time
 
     start = time.monotonic()
-    with pytest.raises(BackboneError, match=r"not in the local cache and cannot be downloaded \(HF_HUB_OFFLINE is set\)"):
+    with pytest.raises(
+        BackboneError, match=r"not in the local cache and cannot be downloaded \(HF_HUB_OFFLINE is set\)"
+    ):
         OpenCLIPBackbone.create("ViT-B-16", "openai")
     assert time.monotonic() - start < 5
 

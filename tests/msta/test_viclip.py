@@ -255,9 +255,15 @@ def test_descgen_encode_and_msta_share_the_text_encoder(released, loaded):
         warnings.simplefilter("ignore")
         random = load_text_encoder("viclip-tiny", "none")
     assert random.fingerprint != enc.fingerprint
-    assert random.fingerprint == TextEncoder.from_model(
-        create_backbone("viclip-tiny", "none").frozen_text_model(), random.tokenizer, "viclip-tiny", "none"
-    ).fingerprint
+    assert (
+        random.fingerprint
+        == TextEncoder.from_model(
+            create_backbone("viclip-tiny", "none").frozen_text_model(),
+            random.tokenizer,
+            "viclip-tiny",
+            "none",
+        ).fingerprint
+    )
 
 
 def test_context_length_follows_the_encoder(tiny_clip_config):
