@@ -312,3 +312,25 @@ def test_from_model_keeps_the_train_mode(tiny_encoder):
         assert model.training and out.shape == (1, enc.dim)
     finally:
         model.eval()
+
+
+@pytest.mark.parametrize("name", ["viclip-tiny", "clip-tiny"])
+def test_cli_encode_by_shipped_name_matches_the_msta_backbone(tmp_path, name):
+    from msta.backbone import create_backbone
+
+    db = tmp_path / "c.db"
+    classes = {"c0": (["a man running", "a red ball"], ["jumps then lands", "spins around"])}
+    with Store(db) as st:
+        set_ = make_generated_set(st, "mini", classes)
+    res = run_cli_process(
+        "encode", "--cache", str(db), "--model", name, "--pretrained", "none", "--no-progress"
+    )
+    assert res.returncode == 0, res.stderr
+    backbone = create_backbone(name, "none")
+    mine = TextEncoder.from_model(backbone.frozen_text_model(), backbone.tokenizer, name, "none")
+    assert mine.fingerprint.startswith(f"{name}@")
+    with Store(db) as st:
+        spatial, temporal = load_description_embeddings(st, set_.id, ["c0"], mine.fingerprint)
+    ref = encode_texts(mine, list(classes["c0"][0]))
+    assert torch.allclose(spatial[0], ref, rtol=1e-5, atol=1e-6)
+    assert spatial.shape == temporal.shape == (1, 2, backbone.embed_dim)
