@@ -1,9 +1,12 @@
 """One MSTA training step against full fine-tuning and frozen inference, side by side.
 
-Each configuration runs in a fresh subprocess (so its peak memory is its own):
+Each configuration of each backbone (default: CLIP ViT-B/16, then ViCLIP-B/16, whose joint
+space-time attention runs over 1 + 196*8 tokens per clip) runs in a fresh subprocess (so its peak
+memory is its own):
 
-* ``msta-256``: MSTA, bottleneck 256, adapters in blocks 1-12 (8.7M trainable with ViT-B/16);
-* ``msta-128``: MSTA, bottleneck 128, adapters in blocks 8-12 (1.744M trainable);
+* ``msta-256``: MSTA, bottleneck 256, adapters in blocks 1-12 (8,712,192 trainable with ViT-B/16
+  or ViCLIP-B/16);
+* ``msta-128``: MSTA, bottleneck 128, adapters in blocks 8-12 (1,744,000 trainable);
 * ``full-ft``: every backbone weight trainable, no adapters (ViFi-CLIP style fine-tuning);
 * ``frozen``: inference only (no gradients), class features computed once.
 
@@ -22,6 +25,7 @@ tensors (end-to-end figure).
 
     python bench/train_step.py                      # CPU, batch 2, all configurations
     python bench/train_step.py --only msta-128,full-ft --steps 2
+    python bench/train_step.py --backbone viclip-b16 --only msta-128,msta-256,full-ft
     python bench/train_step.py --device cuda        # bf16, batch 32
 """
 
@@ -57,7 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--only", default=",".join(CONFIGS), help=f"comma-separated subset of {','.join(CONFIGS)}")
     p.add_argument(
-        "--backbone", default="ViT-B-16", help="open_clip name or model-config JSON (random weights)"
+        "--backbone",
+        default="ViT-B-16,viclip-b16",
+        help="comma-separated backbones (random weights): open_clip names, model-config JSONs, viclip-b16, ...",
     )
     p.add_argument("--frames", type=int, default=8)
     p.add_argument(
@@ -138,6 +144,7 @@ def loader_batches(args, model, device) -> Iterator[tuple]:
         input_size=model.image_size,
         hflip=True,
         decoder=args.decoder,
+        stats=model.input_stats,
     )
     loader = DataLoader(
         dataset,
@@ -290,9 +297,9 @@ def run_text(model, names, args, device, autocast) -> dict:
 # --------------------------------------------------------------------------- driver side
 
 
-def run_config(kind: str, args) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind]
-    for key in ("device", "backbone", "frames", "classes", "steps", "warmup", "text_steps", "batch"):
+def run_config(kind: str, args, backbone: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--backbone", backbone]
+    for key in ("device", "frames", "classes", "steps", "warmup", "text_steps", "batch"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     for o in args.overrides:
         cmd += ["--set", o]
@@ -302,41 +309,18 @@ def run_config(kind: str, args) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise SystemExit(f"configuration {kind} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"configuration {backbone} {kind} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    device = _device(args.device)
-    if args.batch is None:
-        args.batch = 32 if device.type == "cuda" else 2
-    if args.worker:
-        print(json.dumps(run_worker(args.worker, args)))
-        return
-    wanted = [c.strip() for c in args.only.split(",") if c.strip()]
-    unknown = sorted(set(wanted) - set(CONFIGS))
-    if unknown:
-        raise SystemExit(f"unknown configuration(s): {', '.join(unknown)} (choose from {', '.join(CONFIGS)})")
-    source = f"data loader {args.loader}" if args.loader else "random tensors"
-    print(
-        f"{args.backbone} (random weights), {args.frames} frames, batch {args.batch}, {args.classes} classes, "
-        f"device {device}{' bf16 autocast' if device.type == 'cuda' else ' fp32'}, inputs from {source}, "
-        f"median of {args.steps} steps after {args.warmup} warm-up",
-        flush=True,
-    )
-    results = {}
-    for kind in wanted:
-        t0 = time.perf_counter()
-        results[kind] = run_config(kind, args)
-        print(f"  ran {kind} in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-
+def print_table(backbone: str, results: dict, wanted: list[str]) -> None:
+    """Step time and memory of each configuration of one backbone, with ratios to full fine-tuning."""
     ref = results.get("full-ft")
     rows = [k for k in wanted if k != "text"]
     if rows:
         print(
-            f"\n{'configuration':<10} {'trainable':>12} {'step s':>8} {'clips/s':>8} {'peak MB':>9} "
-            f"{'step MB':>8} {'time/FT':>8} {'peak/FT':>8} {'stepMB/FT':>9}"
+            f"\n{backbone}\n{'configuration':<10} {'trainable':>12} {'step s':>8} {'clips/s':>8} "
+            f"{'peak MB':>9} {'step MB':>8} {'time/FT':>8} {'peak/FT':>8} {'stepMB/FT':>9}"
         )
         for k in rows:
             r = results[k]
@@ -355,17 +339,47 @@ def main(argv: list[str] | None = None) -> None:
         r = results["msta-128"]
         t, m = r["step_s"] / ref["step_s"], r["peak_mb"] / ref["peak_mb"]
         print(
-            f"\ngoal MSTA(128, 8-12) vs full fine-tuning: step time {t:.2f}x (<= 0.6: {'met' if t <= 0.6 else 'MISSED'}), "
+            f"goal MSTA(128, 8-12) vs full fine-tuning: step time {t:.2f}x (<= 0.6: {'met' if t <= 0.6 else 'MISSED'}), "
             f"peak memory {m:.2f}x (<= 0.6: {'met' if m <= 0.6 else 'MISSED'})"
         )
     if "text" in results:
         r = results["text"]
         print(
-            f"\ntext branch, {r['classes']} classes, forward+backward: cut to {r['cut_tokens']} tokens "
+            f"text branch, {r['classes']} classes, forward+backward: cut to {r['cut_tokens']} tokens "
             f"{r['cut_s']:.2f}s, full {r['full_tokens']} tokens {r['full_s']:.2f}s -> {r['speedup']:.1f}x "
             f"(>= 3: {'met' if r['speedup'] >= 3 else 'MISSED'}); cut + cached frozen blocks "
             f"{r['cut_cached_s']:.2f}s ({r['full_s'] / r['cut_cached_s']:.1f}x)"
         )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = _device(args.device)
+    if args.batch is None:
+        args.batch = 32 if device.type == "cuda" else 2
+    if args.worker:
+        print(json.dumps(run_worker(args.worker, args)))
+        return
+    wanted = [c.strip() for c in args.only.split(",") if c.strip()]
+    unknown = sorted(set(wanted) - set(CONFIGS))
+    if unknown:
+        raise SystemExit(f"unknown configuration(s): {', '.join(unknown)} (choose from {', '.join(CONFIGS)})")
+    backbones = [b.strip() for b in args.backbone.split(",") if b.strip()]
+    source = f"data loader {args.loader}" if args.loader else "random tensors"
+    print(
+        f"{', '.join(backbones)} (random weights), {args.frames} frames, batch {args.batch}, "
+        f"{args.classes} classes, device {device}{' bf16 autocast' if device.type == 'cuda' else ' fp32'}, "
+        f"inputs from {source}, median of {args.steps} steps after {args.warmup} warm-up",
+        flush=True,
+    )
+    results: dict[str, dict] = {}
+    for backbone in backbones:
+        results[backbone] = {}
+        for kind in wanted:
+            t0 = time.perf_counter()
+            results[backbone][kind] = run_config(kind, args, backbone)
+            print(f"  ran {backbone} {kind} in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        print_table(backbone, results[backbone], wanted)
     if args.json:
         print(json.dumps(results))
 

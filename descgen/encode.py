@@ -1,6 +1,6 @@
-"""Pre-encode descriptions with a frozen open_clip text encoder, and load them for training.
+"""Pre-encode descriptions with a frozen text encoder, and load them for training.
 
-The encoder is the text tower of an open_clip model with no adapters: the "frozen branch" of the
+The encoder is the text tower of an open_clip model or of ViCLIP, with no adapters: the "frozen branch" of the
 MSTA consistency loss. Embeddings are keyed by the sha256 of the description text and by the
 encoder fingerprint, ``{model name}@{hash of the text-tower weights}``. The fingerprint depends on
 the weights only, so a model built by the trainer from the same checkpoint (see
@@ -16,14 +16,13 @@ torch and open_clip are imported inside the functions that need them.
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from descgen.encoders import DescgenDataError, EncoderLoadError  # noqa: F401 - re-exported
 from descgen.store import KINDS, DescriptionSet, Store, text_hash
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,14 +31,6 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_MODEL = "ViT-B-16"
 DEFAULT_PRETRAINED = "openai"
 RANDOM_SEED = 0
-
-
-class DescgenDataError(Exception):
-    """A problem the user can fix (wrong set, missing data, unusable encoder). Message is for the user."""
-
-
-class EncoderLoadError(DescgenDataError):
-    """The text encoder cannot be built (unknown model, weights not available offline, bad file)."""
 
 
 class SetSelectionError(DescgenDataError):
@@ -63,7 +54,8 @@ class RandomWeightsWarning(UserWarning):
 
 @dataclass
 class TextEncoder:
-    """A frozen open_clip model with its tokenizer and the fingerprint of its text weights."""
+    """A frozen text model (an open_clip model, or ViCLIP's text tower) with its tokenizer and the
+    fingerprint of its text weights."""
 
     model: Any
     tokenizer: Any
@@ -200,162 +192,31 @@ def text_weights_hash(model: Any) -> str:
     return h.hexdigest()
 
 
-def _register_config(model: str) -> str:
-    """Register a model-config JSON with open_clip; return the model name to build."""
-    import open_clip
-
-    path = Path(model).expanduser()
-    if not path.is_file():
-        raise EncoderLoadError(f"model config file not found: {path}")
-    try:
-        import json
-
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise EncoderLoadError(f"model config {path} is not readable JSON: {exc}") from None
-    if not isinstance(cfg, dict) or "text_cfg" not in cfg or "embed_dim" not in cfg:
-        raise EncoderLoadError(
-            f"model config {path} is not an open_clip model config (needs embed_dim, text_cfg)"
-        )
-    open_clip.add_model_config(path)
-    return path.stem
-
-
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":")[0]
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _offline() -> bool:
-    v = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return v.strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _cached_tag_file(cfg: dict) -> str | None:
-    """The local file of a pretrained tag, if it is already in a cache; else None."""
-    if cfg.get("file") and Path(cfg["file"]).is_file():
-        return cfg["file"]
-    hub = cfg.get("hf_hub") or ""
-    if hub:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:  # pragma: no cover
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            repo, filename = os.path.split(hub)
-            names = [filename] if filename else []
-            names += ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-            for name in names:
-                try:
-                    hit = try_to_load_from_cache(repo_id=repo, filename=name)
-                except Exception:  # noqa: BLE001 - treat any cache problem as "not cached"
-                    hit = None
-                if isinstance(hit, str) and Path(hit).is_file():
-                    return hit
-    url = cfg.get("url") or ""
-    if url:
-        local = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
-        if local.is_file():
-            return str(local)
-    return None
-
-
 def load_text_encoder(
     model: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED, device: str = "cpu"
 ) -> TextEncoder:
-    """Build a frozen open_clip model and wrap its text tower.
+    """Build a frozen text encoder through the one loading path (:mod:`descgen.encoders`).
 
-    ``model``: an open_clip model name or a path to a model-config JSON.
-    ``pretrained``: a tag known to open_clip (e.g. ``openai``), a local checkpoint file, or ``none``
-    for random weights (seeded, so the same config always gives the same weights and fingerprint).
+    ``model``: an open_clip model name, a ViCLIP name (``viclip-b16``), a shipped config name
+    (``clip-tiny``, ``viclip-tiny``) or a model-config JSON path.
+    ``pretrained``: an open_clip tag (e.g. ``openai``), a local checkpoint file, or ``none`` for
+    random weights (seeded, so the same config always gives the same weights and fingerprint).
     A tag whose weights are not cached locally fails at once when the hub cannot be reached.
     """
-    import open_clip
-    import torch
+    from descgen.encoders import load_text_tower, resolve_encoder, tokenizer_for
 
-    model_name = _register_config(model) if str(model).endswith(".json") else str(model)
-    if model_name not in open_clip.list_models():
-        raise EncoderLoadError(
-            f"unknown open_clip model {model_name!r}; give a model name (e.g. ViT-B-16) or a model-config JSON path"
-        )
-    pre = str(pretrained or "none")
-    random_weights = pre.lower() in ("none", "random", "")
-    kwargs: dict[str, Any] = {"device": device}
-    if random_weights:
+    spec = resolve_encoder(model, pretrained)
+    if spec.random_weights:
         warnings.warn(
-            f"RANDOM WEIGHTS: {model_name} is built with random (seeded) weights; its embeddings are "
+            f"RANDOM WEIGHTS: {spec.name} is built with random (seeded) weights; its embeddings are "
             "only useful for tests and benchmarks",
             RandomWeightsWarning,
             stacklevel=2,
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_SEED)
-            built = open_clip.create_model(model_name, pretrained=None, **kwargs)
-        pre = "none"
-    elif Path(pre).expanduser().is_file():
-        path = str(Path(pre).expanduser().resolve())
-        try:
-            built = open_clip.create_model(model_name, pretrained=path, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any load failure is a bad checkpoint for the user
-            raise EncoderLoadError(f"cannot load checkpoint {path} into {model_name}: {exc}") from None
-        pre = path
-    else:
-        cfg = open_clip.get_pretrained_cfg(model_name, pre)
-        if not cfg:
-            tags = open_clip.list_pretrained_tags_by_model(model_name)
-            raise EncoderLoadError(
-                f"{pre!r} is neither a pretrained tag of {model_name} nor a checkpoint file"
-                + (f"; known tags: {', '.join(tags)}" if tags else "")
-                + "; use --pretrained none for random weights"
-            )
-        # Weights trained with QuickGELU (OpenAI's) must run with it, whatever the model config says.
-        kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
-        local = _cached_tag_file(cfg)
-        if local is None and (_offline() or not _hub_reachable()):
-            raise EncoderLoadError(
-                f"pretrained weights {model_name}/{pre} are not in the local cache and cannot be downloaded "
-                "(offline). Download them once on a connected machine, or pass a checkpoint file with "
-                "--pretrained PATH (or --pretrained none for random weights)"
-            )
-        try:
-            if local is not None:
-                built = _create_offline(open_clip, model_name, pre, kwargs)
-            else:
-                built = open_clip.create_model(model_name, pretrained=pre, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            raise EncoderLoadError(f"cannot load pretrained weights {model_name}/{pre}: {exc}") from None
-    built.eval()
-    for p in built.parameters():
-        p.requires_grad_(False)
-    tokenizer = open_clip.get_tokenizer(model_name)
-    return TextEncoder.from_model(built, tokenizer, model_name, pre, random_weights=random_weights)
-
-
-def _create_offline(open_clip: Any, model_name: str, tag: str, kwargs: dict) -> Any:
-    """Build with a cached tag while the hub client is forced offline (no network round trip)."""
-    try:
-        from huggingface_hub import constants as hf_constants
-    except ImportError:  # pragma: no cover
-        hf_constants = None
-    old_env = os.environ.get("HF_HUB_OFFLINE")
-    old_const = getattr(hf_constants, "HF_HUB_OFFLINE", None)
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    if hf_constants is not None:
-        hf_constants.HF_HUB_OFFLINE = True
-    try:
-        return open_clip.create_model(model_name, pretrained=tag, **kwargs)
-    finally:
-        if old_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old_env
-        if hf_constants is not None:
-            hf_constants.HF_HUB_OFFLINE = old_const
+    built = load_text_tower(spec, device=device)
+    return TextEncoder.from_model(
+        built, tokenizer_for(spec), spec.name, spec.pretrained, random_weights=spec.random_weights
+    )
 
 
 # ---------------------------------------------------------------------- the forward pass
@@ -390,6 +251,8 @@ def encode_tokens(model: Any, tokens: torch.Tensor, cut: bool = True) -> torch.T
     import torch
     from open_clip.transformer import text_global_pool
 
+    if getattr(model, "cuts_itself", False):  # ViCLIP's text tower
+        return model.encode_text(tokens, cut=cut)
     parts = _text_tower(model) if cut else None
     if parts is None:
         return model.encode_text(tokens)

@@ -17,22 +17,17 @@ and :meth:`VideoTextBackbone.grid_to_tokens` convert per-token features to and f
 
 :class:`OpenCLIPBackbone` wraps any open_clip CLIP model whose towers are open_clip's own
 ``VisionTransformer`` / ``TextTransformer`` (frame-level encoding: frames are independent images,
-the video embedding is the mean of the frame embeddings). A joint space-time backbone (ViCLIP)
-implements the same protocol.
+the video embedding is the mean of the frame embeddings). The joint space-time backbone ViCLIP
+(:mod:`msta.viclip`) implements the same protocol. :func:`create_backbone` builds either; names
+and weights are resolved by :mod:`descgen.encoders`, the loading path ``descgen encode`` uses.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
-import logging
-import os
-import socket
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +35,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from msta.errors import MstaError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from descgen.encoders import EncoderSpec
 
 BlockHook = Callable[[str, int, Tensor, Tensor], Tensor | None]
 
@@ -63,8 +61,10 @@ class VideoTextBackbone(Protocol):
     image_size: int
     context_length: int
     embed_dim: int
-    logit_scale: Tensor  # the frozen multiplier of cosine similarities (exp of the learned log scale)
+    logit_scale: Tensor  # the frozen multiplier of cosine similarities
     tokenizer: Callable[..., Tensor]
+    image_mean: tuple[float, float, float]  # input statistics the frames are normalised with
+    image_std: tuple[float, float, float]
 
     def encode_text_tokens(self, tokens: Tensor, block_hook: BlockHook | None = None) -> Tensor: ...
 
@@ -76,155 +76,62 @@ class VideoTextBackbone(Protocol):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None: ...
 
+    def frozen_text_model(self) -> nn.Module: ...
+
 
 # --------------------------------------------------------------------------- open_clip
 
 
-def _register_config_file(path: Path) -> str:
-    """Make an open_clip model-config JSON known to open_clip under its file stem."""
-    import open_clip
+def _spec(backbone: str, pretrained: str) -> EncoderSpec:
+    from descgen.encoders import EncoderLoadError, resolve_encoder
 
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BackboneError(f"cannot read model config {path}: {exc}") from None
-    if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-        raise BackboneError(
-            f"{path} is not an open_clip model config (it needs embed_dim, vision_cfg and text_cfg)"
-        )
-    name = path.stem
-    if open_clip.get_model_config(name) != cfg:
-        open_clip.add_model_config(path)
-    return name
-
-
-# Small model configs shipped with the package, usable by name (``clip-tiny``).
-SHIPPED_CONFIGS = Path(__file__).resolve().parent / "presets" / "backbones"
+        return resolve_encoder(backbone, pretrained)
+    except EncoderLoadError as exc:
+        raise BackboneError(str(exc)) from None
 
 
 def resolve_model_name(backbone: str) -> str:
-    """An open_clip model name for ``backbone`` (a name, or a path to a model-config JSON)."""
-    import open_clip
-
-    p = Path(backbone)
-    if backbone.endswith(".json") or (p.suffix == "" and p.is_file()):
-        if not p.is_file():
-            raise BackboneError(f"model config {backbone} does not exist")
-        return _register_config_file(p)
-    if backbone in open_clip.list_models():
-        return backbone
-    shipped = SHIPPED_CONFIGS / f"{backbone}.json"
-    if "/" not in backbone and shipped.is_file():
-        return _register_config_file(shipped)
-    close = [m for m in open_clip.list_models() if backbone.lower().replace("/", "-") in m.lower()]
-    hint = f" (did you mean: {', '.join(close[:6])})" if close else ""
-    raise BackboneError(
-        f"unknown backbone {backbone!r}: not an open_clip model name nor a model-config JSON file{hint}"
-    )
-
-
-def _hf_cached_file(hf_hub: str) -> str | None:
-    """The local path of an open_clip pretrained file on the Hugging Face hub, if cached."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - open_clip depends on it
-        return None
-    repo_id, filename = os.path.split(hf_hub)  # "org/repo/" (default file name) or "org/repo/file"
-    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    if filename.endswith((".bin", ".pth")):
-        names.insert(0, filename[:-4] + ".safetensors")
-    for n in names:
-        found = try_to_load_from_cache(repo_id=repo_id, filename=n)
-        if isinstance(found, str) and os.path.isfile(found):
-            return found
-    return None
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    url = urlparse(endpoint)
-    host = url.hostname or "huggingface.co"
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def resolve_pretrained(model_name: str, pretrained: str) -> tuple[str | None, bool]:
-    """The checkpoint to load (a local file, or None for random weights) and whether the weights
-    were trained with QuickGELU. Fails at once, with a clear message, when weights named by a tag
-    are not cached and cannot be downloaded."""
-    import open_clip
-    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
-
-    if pretrained.strip().lower() in {"", "none", "random"}:
-        return None, False
-    if os.path.isfile(pretrained):
-        return pretrained, False
-    tag_cfg = get_pretrained_cfg(model_name, pretrained)
-    if not tag_cfg:
-        tags = open_clip.list_pretrained_tags_by_model(model_name)
-        known = f"its tags: {', '.join(tags)}" if tags else "it has no pretrained tags"
-        raise BackboneError(
-            f"pretrained {pretrained!r} is neither a file nor a known tag for {model_name} ({known}); "
-            "use model.pretrained=none for random weights"
-        )
-    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
-    hf_hub = tag_cfg.get("hf_hub", "")
-    cached = _hf_cached_file(hf_hub) if hf_hub else None
-    url = tag_cfg.get("url", "")
-    if cached is None and url:  # open_clip's own download cache for URL-only weights
-        local = Path("~/.cache/clip").expanduser() / os.path.basename(url)
-        cached = str(local) if local.is_file() else None
-    if cached:
-        return cached, quick_gelu
-    if _offline() or not _hub_reachable():
-        why = "HF_HUB_OFFLINE is set" if _offline() else "the model hub cannot be reached"
-        raise BackboneError(
-            f"weights {model_name}/{pretrained} are not in the local cache and {why}; download them once "
-            f"with network access, pass a local checkpoint file as model.pretrained, or use "
-            f"model.pretrained=none for random weights"
-        )
-    try:
-        path = download_pretrained(tag_cfg)
-    except Exception as exc:  # network and hub errors of every kind
-        raise BackboneError(f"cannot download weights {model_name}/{pretrained}: {exc}") from None
-    if not path:
-        raise BackboneError(f"no download location known for weights {model_name}/{pretrained}")
-    return path, quick_gelu
+    """The canonical model name of ``backbone`` (a name, a shipped config name, or a JSON file);
+    open_clip configs are registered with open_clip under it."""
+    return _spec(backbone, "none").name
 
 
 def create_open_clip(
     backbone: str, pretrained: str, seed: int = RANDOM_WEIGHTS_SEED
 ) -> tuple[nn.Module, str]:
-    """An open_clip model (eval mode, CPU, fp32) and its registered name."""
-    import open_clip
+    """An open_clip model (eval mode, CPU, fp32, frozen) and its registered name."""
+    from descgen.encoders import EncoderLoadError, build_open_clip
 
-    name = resolve_model_name(backbone)
-    checkpoint_path, quick_gelu = resolve_pretrained(name, pretrained)
-    previous_disable = logging.root.manager.disable
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            if checkpoint_path is None:  # random weights asked for: no "not pretrained" warning
-                logging.disable(logging.WARNING)
-            model = open_clip.create_model(
-                name, pretrained=checkpoint_path, force_quick_gelu=quick_gelu, device="cpu"
-            )
-        except Exception as exc:  # noqa: BLE001 - any failure here is a bad config or checkpoint file
-            raise BackboneError(
-                f"cannot build backbone {backbone} with weights {pretrained}: {exc}"
-            ) from None
-        finally:
-            logging.disable(previous_disable)
-    model.eval()
-    return model, name
+    spec = _spec(backbone, pretrained)
+    if spec.family != "open_clip":
+        raise BackboneError(f"{backbone} is not an open_clip model")
+    try:
+        return build_open_clip(spec, seed=seed), spec.name
+    except EncoderLoadError as exc:
+        raise BackboneError(str(exc)) from None
+
+
+def create_backbone(
+    name: str, pretrained: str = "none", seed: int = RANDOM_WEIGHTS_SEED
+) -> VideoTextBackbone:
+    """The frozen backbone ``name`` with weights ``pretrained``: the one factory of msta.
+
+    ``name``: ``viclip-b16``, ``viclip-l14``, a shipped config (``clip-tiny``, ``viclip-tiny``),
+    any open_clip model name, or a model-config JSON file (open_clip's, or a ViCLIP config).
+    ``pretrained``: ``none`` (random, seeded), a local checkpoint file, or an open_clip tag.
+    Names and weights are resolved by :mod:`descgen.encoders`, as for ``descgen encode``."""
+    from descgen.encoders import EncoderLoadError
+
+    spec = _spec(name, pretrained)
+    try:
+        if spec.family == "viclip":
+            from msta.viclip import ViCLIPBackbone
+
+            return ViCLIPBackbone.create(spec, seed=seed)
+        return OpenCLIPBackbone.create(name, pretrained, seed=seed)
+    except EncoderLoadError as exc:
+        raise BackboneError(str(exc)) from None
 
 
 @functools.lru_cache(maxsize=8)
@@ -369,6 +276,10 @@ class OpenCLIPBackbone(nn.Module):
         return cls(clip, name, pretrained)
 
     # ----------------------------------------------------------------- helpers
+
+    def frozen_text_model(self) -> nn.Module:
+        """The module whose text weights define the encoder fingerprint (as ``descgen encode``)."""
+        return self.clip
 
     @property
     def _text(self) -> dict[str, Any]:

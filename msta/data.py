@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from msta.transforms import eval_transform, train_transform
+from msta.transforms import Stats, eval_transform, train_transform
 from msta.video import DataError, VideoReadError, check_decoder, open_reader
 from msta.views import parse_views
 
@@ -286,6 +286,7 @@ class VideoDataset(Dataset):
         views: str | tuple[int, int] = (1, 1),
         max_retries: int = 10,
         threads: int = 1,
+        stats: Stats | None = None,
     ) -> None:
         check_decoder(decoder)
         if num_frames <= 0 or input_size <= 0:
@@ -306,6 +307,7 @@ class VideoDataset(Dataset):
         self.views = (clips, crops)
         self.max_retries = int(max_retries)
         self.threads = int(threads)
+        self.stats = stats  # (mean, std) per channel; None: CLIP's
         # In shared memory, so that persistent DataLoader workers see set_epoch() calls too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -341,11 +343,11 @@ class VideoDataset(Dataset):
             flat = [i for idx in per_clip for i in idx]
             frames = reader.get(flat)
         if self.train:
-            return train_transform(frames, self.input_size, rng, self.hflip)
+            return train_transform(frames, self.input_size, rng, self.hflip, self.stats)
         t = self.num_frames
         views: list[torch.Tensor] = []
         for k in range(clips):
-            v = eval_transform(frames[k * t : (k + 1) * t], self.input_size, crops)
+            v = eval_transform(frames[k * t : (k + 1) * t], self.input_size, crops, self.stats)
             views.extend([v] if crops == 1 else list(v))
         return views[0] if len(views) == 1 else torch.stack(views)
 

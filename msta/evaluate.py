@@ -293,7 +293,15 @@ def evaluate_checkpoint(
     bs = cfg.eval.batch_size or max(1, cfg.optim.batch_size // max(1, views[0] * views[1]))
     out_splits: dict[str, Any] = {}
     for sp, names, items in prepared:
-        ds = make_dataset(cfg, items, train=False, image_size=model.image_size, views=views, root=sp.root)
+        ds = make_dataset(
+            cfg,
+            items,
+            train=False,
+            image_size=model.image_size,
+            views=views,
+            root=sp.root,
+            stats=model.input_stats,
+        )
         res = evaluate_split(model, ds, names, env, batch_size=bs, num_workers=cfg.data.num_workers)
         res["list"] = expand(sp.list, cfg)
         res["classes"] = list(names)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msta.backbone import OpenCLIPBackbone, VideoTextBackbone
+from msta.backbone import VideoTextBackbone, create_backbone
 from msta.config import AdapterCfg, Config, ConfigError
 
 
@@ -157,7 +157,7 @@ class MSTA(nn.Module):
 
     def __init__(
         self,
-        backbone: OpenCLIPBackbone,
+        backbone: VideoTextBackbone,
         adapter: AdapterCfg | None = None,
         frames: int = 8,
         prompt_template: str = "a video of {}.",
@@ -211,6 +211,11 @@ class MSTA(nn.Module):
         return self.backbone.logit_scale
 
     @property
+    def input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per RGB channel the backbone expects frames to be normalised with."""
+        return tuple(self.backbone.image_mean), tuple(self.backbone.image_std)
+
+    @property
     def device(self) -> torch.device:
         return self.backbone.logit_scale.device
 
@@ -242,7 +247,8 @@ class MSTA(nn.Module):
     # ----------------------------------------------------------------- encoders
 
     def encode_video(self, video: Tensor) -> Tensor:
-        """[B, T, 3, H, W] normalised frames -> [B, D]: mean of frame embeddings, not normalised."""
+        """[B, T, 3, H, W] normalised frames -> [B, D] (not normalised): the backbone's video
+        embedding (open_clip: mean of the frame embeddings; ViCLIP: joint space-time)."""
         hook = self._video_hook(video.shape[1]) if self.video_adapters_on else None
         return self.backbone.encode_video(video, hook)
 
@@ -329,8 +335,11 @@ class MSTA(nn.Module):
         self._text_prefix_cache.clear()
 
     def frozen_text_backbone(self) -> FrozenTextBackbone:
-        """The backbone's model object (its ``encode_text`` has no adapters), name and weights."""
-        return FrozenTextBackbone(self.backbone.clip, self.backbone.name, self.backbone.pretrained)
+        """The backbone's text model (no adapters: the whole open_clip model, or ViCLIP's text
+        tower), name and weights: what ``descgen encode`` builds for the same name and weights."""
+        return FrozenTextBackbone(
+            self.backbone.frozen_text_model(), self.backbone.name, self.backbone.pretrained
+        )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
@@ -338,7 +347,7 @@ class MSTA(nn.Module):
 
 def build_model(cfg: Config) -> MSTA:
     """The MSTA model for a configuration (backbone weights loaded, adapters initialised)."""
-    backbone = OpenCLIPBackbone.create(cfg.model.backbone, cfg.model.pretrained)
+    backbone = create_backbone(cfg.model.backbone, cfg.model.pretrained)
     if cfg.data.input_size is not None and cfg.data.input_size != backbone.image_size:
         raise ConfigError(
             f"data.input_size ({cfg.data.input_size}) differs from the image size of {backbone.name} "

@@ -99,6 +99,7 @@ def class_probabilities(model, cfg: Config, path: Path, names: Sequence[str], vi
             views=views,
             root=str(path.parent),
             max_retries=0,
+            stats=model.input_stats,
         )
         sample = ds[0]
     except DataError as exc:

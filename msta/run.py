@@ -148,8 +148,10 @@ def make_dataset(
     views: tuple[int, int] = (1, 1),
     root: str | None = None,
     max_retries: int = 10,
+    stats: tuple | None = None,
 ):
-    """The one video dataset of training, evaluation and prediction."""
+    """The one video dataset of training, evaluation and prediction (``stats``: the backbone's
+    input mean and std, ``model.input_stats``)."""
     from msta import data as mdata
 
     return mdata.VideoDataset(
@@ -163,6 +165,7 @@ def make_dataset(
         seed=cfg.run.seed,
         views=views,
         max_retries=max_retries,
+        stats=stats,
     )
 
 

@@ -387,9 +387,13 @@ class TrainRecipe:
         self._announce()
         cfg, model = self.cfg, self.model
         self.forward = torch.compile(model) if cfg.run.compile else model
-        self.train_set = make_dataset(cfg, self.train_items, train=True, image_size=model.image_size)
+        self.train_set = make_dataset(
+            cfg, self.train_items, train=True, image_size=model.image_size, stats=model.input_stats
+        )
         self.val_set = (
-            make_dataset(cfg, self.val_items, train=False, image_size=model.image_size)
+            make_dataset(
+                cfg, self.val_items, train=False, image_size=model.image_size, stats=model.input_stats
+            )
             if self.val_items
             else None
         )

@@ -20,6 +20,7 @@ from msta.video import DataError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+Stats = tuple[Sequence[float], Sequence[float]]  # (mean, std) per RGB channel: the backbone's
 MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
 
 
@@ -154,9 +155,10 @@ def _crop_resize(frames: torch.Tensor, box: Box, size: int) -> torch.Tensor:
     return TF.resize(crop, [size, size], antialias=True)
 
 
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=x.dtype).view(1, 3, 1, 1)
+def _normalize(x: torch.Tensor, stats: Stats | None = None) -> torch.Tensor:
+    mean, std = stats or (CLIP_MEAN, CLIP_STD)
+    mean = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -169,7 +171,7 @@ def _as_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def apply_train_transform(
-    frames: np.ndarray | torch.Tensor, params: TrainParams, input_size: int
+    frames: np.ndarray | torch.Tensor, params: TrainParams, input_size: int, stats: Stats | None = None
 ) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> normalised float ``[T, 3, S, S]`` with the given parameters."""
     import torchvision.transforms.v2.functional as TF
@@ -191,23 +193,29 @@ def apply_train_transform(
                 x = TF.adjust_hue(x, j.hue)
     if params.grey:
         x = TF.rgb_to_grayscale(x, num_output_channels=3)
-    return _normalize(x).contiguous()
+    return _normalize(x, stats).contiguous()
 
 
 def train_transform(
-    frames: np.ndarray | torch.Tensor, input_size: int, rng: np.random.Generator, hflip: bool
+    frames: np.ndarray | torch.Tensor,
+    input_size: int,
+    rng: np.random.Generator,
+    hflip: bool,
+    stats: Stats | None = None,
 ) -> torch.Tensor:
     """Training augmentation of one clip: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]``."""
     h, w = int(frames.shape[1]), int(frames.shape[2])
-    return apply_train_transform(frames, draw_train_params(h, w, input_size, rng, hflip), input_size)
+    return apply_train_transform(frames, draw_train_params(h, w, input_size, rng, hflip), input_size, stats)
 
 
-def eval_transform(frames: np.ndarray | torch.Tensor, input_size: int, num_crops: int = 1) -> torch.Tensor:
+def eval_transform(
+    frames: np.ndarray | torch.Tensor, input_size: int, num_crops: int = 1, stats: Stats | None = None
+) -> torch.Tensor:
     """Evaluation views of one clip: ``[T, 3, S, S]`` for one crop, ``[3, T, 3, S, S]`` for three."""
     h, w = int(frames.shape[1]), int(frames.shape[2])
     x = _as_tensor(frames)
     views = [
-        _normalize(_crop_resize(x, box, input_size).float().div_(255.0))
+        _normalize(_crop_resize(x, box, input_size).float().div_(255.0), stats)
         for box in eval_crop_boxes(h, w, input_size, num_crops)
     ]
     return views[0].contiguous() if num_crops == 1 else torch.stack(views).contiguous()

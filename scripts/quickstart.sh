@@ -49,7 +49,7 @@ DATASET=synth
 DATA="$QS_HOME/data/synth"
 REPORT="$QS_HOME/report"
 LOGS="$QS_HOME/logs"
-BACKBONE_CONFIG="$REPO/msta/presets/backbones/clip-tiny.json"
+BACKBONE_CONFIG="$REPO/descgen/models/clip-tiny.json"
 N=2
 # Answers that fail validation (a small base model sometimes repeats a phrase or runs long) are
 # asked again with a new seed, up to this many times per class.

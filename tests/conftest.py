@@ -13,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MSTA_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
-TINY_CLIP = REPO / "msta" / "presets" / "backbones" / "clip-tiny.json"
+TINY_CLIP = REPO / "descgen" / "models" / "clip-tiny.json"
 
 
 @pytest.fixture(scope="session")

@@ -119,10 +119,12 @@ def test_pretrained_tag_offline_fails_at_once(monkeypatch):
     with pytest.raises(EncoderLoadError, match="not in the local cache"):
         load_text_encoder("ViT-B-16", "openai")
     assert time.monotonic() - t0 < 20
-    with pytest.raises(EncoderLoadError, match="neither a pretrained tag"):
+    with pytest.raises(EncoderLoadError, match="neither a file nor a known tag"):
         load_text_encoder("ViT-B-16", "no-such-tag")
-    with pytest.raises(EncoderLoadError, match="unknown open_clip model"):
+    with pytest.raises(EncoderLoadError, match="unknown backbone 'No-Such-Model'"):
         load_text_encoder("No-Such-Model", "none")
+    with pytest.raises(EncoderLoadError, match="not a local file"):
+        load_text_encoder("viclip-tiny", "some-tag")
 
 
 def _set_with_texts(store: Store, n_classes: int = 3, long_text: bool = False):
@@ -310,3 +312,25 @@ def test_from_model_keeps_the_train_mode(tiny_encoder):
         assert model.training and out.shape == (1, enc.dim)
     finally:
         model.eval()
+
+
+@pytest.mark.parametrize("name", ["viclip-tiny", "clip-tiny"])
+def test_cli_encode_by_shipped_name_matches_the_msta_backbone(tmp_path, name):
+    from msta.backbone import create_backbone
+
+    db = tmp_path / "c.db"
+    classes = {"c0": (["a man running", "a red ball"], ["jumps then lands", "spins around"])}
+    with Store(db) as st:
+        set_ = make_generated_set(st, "mini", classes)
+    res = run_cli_process(
+        "encode", "--cache", str(db), "--model", name, "--pretrained", "none", "--no-progress"
+    )
+    assert res.returncode == 0, res.stderr
+    backbone = create_backbone(name, "none")
+    mine = TextEncoder.from_model(backbone.frozen_text_model(), backbone.tokenizer, name, "none")
+    assert mine.fingerprint.startswith(f"{name}@")
+    with Store(db) as st:
+        spatial, temporal = load_description_embeddings(st, set_.id, ["c0"], mine.fingerprint)
+    ref = encode_texts(mine, list(classes["c0"][0]))
+    assert torch.allclose(spatial[0], ref, rtol=1e-5, atol=1e-6)
+    assert spatial.shape == temporal.shape == (1, 2, backbone.embed_dim)

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from msta.backbone import BackboneError, OpenCLIPBackbone, _hf_cached_file
+from descgen.encoders import _hf_cached_file
+from msta.backbone import BackboneError, OpenCLIPBackbone
 from msta.config import Config, ConfigError, load_config
 from msta.loss import msta_loss
 from msta.model import MSTA, build_model, depthwise_time_conv, grad_scale
@@ -268,7 +269,9 @@ def test_uncached_tag_fails_at_once_offline(monkeypatch):
     import time
 
     start = time.monotonic()
-    with pytest.raises(BackboneError, match="not in the local cache and HF_HUB_OFFLINE is set"):
+    with pytest.raises(
+        BackboneError, match=r"not in the local cache and cannot be downloaded \(HF_HUB_OFFLINE is set\)"
+    ):
         OpenCLIPBackbone.create("ViT-B-16", "openai")
     assert time.monotonic() - start < 5
 

@@ -156,7 +156,7 @@ def test_shipped_backbone_name_resolves_to_its_config():
     from msta.backbone import BackboneError, resolve_model_name
 
     assert resolve_model_name("clip-tiny") == "clip-tiny"
-    shipped = json.loads((PRESETS_DIR / "backbones" / "clip-tiny.json").read_text())
+    shipped = json.loads((PRESETS_DIR.parents[1] / "descgen" / "models" / "clip-tiny.json").read_text())
     assert open_clip.get_model_config("clip-tiny") == shipped
     assert resolve_model_name("ViT-B-16") == "ViT-B-16"
     with pytest.raises(BackboneError, match="unknown backbone"):
