@@ -7,7 +7,6 @@ The command modules only define functions; this module registers them. User erro
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -22,20 +21,6 @@ INTERRUPTED_EXIT = 130
 _INTERRUPTED = {
     "generate": "interrupted: finished classes are saved; run the same command again to complete",
 }
-# User errors of modules not yet based on DescgenError: (module, class name), looked up only
-# among modules already imported (a module that raised is imported).
-_OTHER_USER_ERRORS = (("descgen.store", "StoreError"), ("descgen.encode", "DescgenDataError"))
-
-
-def is_user_error(exc: BaseException) -> bool:
-    """True for an error the user can fix (its message is meant for them)."""
-    if isinstance(exc, DescgenError):
-        return True
-    for module, name in _OTHER_USER_ERRORS:
-        cls = getattr(sys.modules.get(module), name, None)
-        if isinstance(cls, type) and isinstance(exc, cls):
-            return True
-    return False
 
 
 class DescgenGroup(TyperGroup):
@@ -51,11 +36,9 @@ class DescgenGroup(TyperGroup):
         except KeyboardInterrupt:
             typer.echo(_INTERRUPTED.get(ctx.invoked_subcommand or "", "interrupted"), err=True)
             raise typer.Exit(INTERRUPTED_EXIT) from None
-        except Exception as exc:
-            if not is_user_error(exc):
-                raise
+        except DescgenError as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+            raise typer.Exit(exc.exit_code) from None
 
 
 def build_app() -> typer.Typer:

@@ -210,9 +210,6 @@ def _generation_html(g: dict, prompt_id: str) -> list[str]:
 
 
 def write_html(store: Store, report: AuditReport, path: str | Path) -> Path:
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(store, report), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    from descgen.fileio import write_text_atomic
+
+    return write_text_atomic(path, render_html(store, report))

@@ -24,7 +24,7 @@ from typing import Any
 from descgen.datasets import ClassList, ClassListError, load_class_list
 from descgen.encode import DescgenDataError, select_set
 from descgen.errors import DescgenError
-from descgen.fileio import OutputPathError, write_text_atomic
+from descgen.fileio import write_text_atomic
 from descgen.store import KINDS, DescriptionSet, Store, canonical_json
 
 IMPORT_BACKEND = "import"
@@ -309,7 +309,4 @@ def export_set(
 
 
 def _write(path: Path, text: str) -> None:
-    try:
-        write_text_atomic(path, text)
-    except OutputPathError as exc:
-        raise TransferError(str(exc)) from None
+    write_text_atomic(path, text)

@@ -59,3 +59,18 @@ def test_export_to_a_directory_or_an_unwritable_place(cache: Path, tmp_path: Pat
     r = _export(cache, target / "out.json")
     assert r.returncode == 0, r.stderr
     assert [p.name for p in target.iterdir()] == ["out.json"]
+
+
+def test_audit_html_to_a_directory_or_an_unwritable_place(cache: Path, tmp_path: Path) -> None:
+    target = tmp_path / "reports"
+    target.mkdir()
+    r = run_cli("audit", "--cache", str(cache), "--dataset", "mini", "--html", str(target))
+    assert r.returncode == 2 and "is a directory" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("error:") == 1 and list(target.iterdir()) == []
+    with immutable(target):
+        r = run_cli("audit", "--cache", str(cache), "--dataset", "mini", "--html", str(target / "a.html"))
+        assert r.returncode == 2 and f"cannot write {target / 'a.html'}" in r.stderr, r.stderr
+    assert list(target.iterdir()) == []
+    r = run_cli("audit", "--cache", str(cache), "--dataset", "mini", "--html", str(target / "a.html"))
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in target.iterdir()] == ["a.html"]
