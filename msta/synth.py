@@ -40,13 +40,17 @@ class Motion:
     reverse: str
 
 
+# Class names use different words for different directions: with a random-weight text tower (tests,
+# quickstart) names that differ only in word order ("from left to right" / "from right to left") get
+# almost the same embedding (cosine 0.99), which leaves the classifier weak targets and makes training
+# sit at chance for long, machine-dependent stretches.
 MOTIONS: dict[str, Motion] = {
     m.key: m
     for m in (
-        Motion("left_to_right", "Moving a shape from left to right", "right_to_left"),
-        Motion("right_to_left", "Moving a shape from right to left", "left_to_right"),
-        Motion("top_to_bottom", "Moving a shape from top to bottom", "bottom_to_top"),
-        Motion("bottom_to_top", "Moving a shape from bottom to top", "top_to_bottom"),
+        Motion("left_to_right", "Sliding rightward", "right_to_left"),
+        Motion("right_to_left", "Sliding leftward", "left_to_right"),
+        Motion("top_to_bottom", "Falling downward", "bottom_to_top"),
+        Motion("bottom_to_top", "Rising upward", "top_to_bottom"),
         Motion("clockwise", "Turning a shape clockwise", "counterclockwise"),
         Motion("counterclockwise", "Turning a shape counterclockwise", "clockwise"),
         Motion("growing", "Making a shape bigger", "shrinking"),

@@ -33,10 +33,10 @@ def test_layout_lists_classes_and_manifest(synth: Path) -> None:
         names
         == manifest["classes"]
         == [
-            "Moving a shape from left to right",
-            "Moving a shape from right to left",
-            "Moving a shape from top to bottom",
-            "Moving a shape from bottom to top",
+            "Sliding rightward",
+            "Sliding leftward",
+            "Falling downward",
+            "Rising upward",
         ]
     )
     assert load_classes(str(synth)) == names  # the dataset directory works as a class spec
