@@ -18,7 +18,9 @@ app.add_typer(prompts_app, name="prompts")
 def _register() -> None:
     # Imported for their side effect of adding commands to ``app``; each module keeps its
     # heavy imports inside the command functions.
-    from descgen import cli_audit, cli_generate  # noqa: F401
+    from descgen import cli_audit, cli_generate, cli_serve  # noqa: F401
+
+    app.command("serve", context_settings=cli_serve.CONTEXT_SETTINGS)(cli_serve.serve)
 
 
 def main() -> None:
