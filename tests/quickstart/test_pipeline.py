@@ -210,3 +210,27 @@ def test_serve_passes_vllm_options_on_and_cleans_up(tmp_path: Path, monkeypatch:
     assert seen["ready"] == handle.base_url + "\n" and not ready.exists()
     assert handle.stopped
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_while_requests_are_in_flight_unwinds(tmp_path: Path) -> None:
+    """SIGINT during generation reaches the pipeline as Interrupted (so the server gets stopped)."""
+    import os
+    import threading
+
+    s = _settings(tmp_path, QUICKSTART_HOME="work", QUICKSTART_CACHE="cache.db")
+    _write_classes(s)
+    ui, _ = _ui()
+    previous = {sig: signal.getsignal(sig) for sig in qs.SIGNALS}
+    try:
+        for sig in qs.SIGNALS:
+            signal.signal(sig, qs._on_signal)
+        with FakeOpenAI(api_key="EMPTY", default="hang", hang_s=30) as fake:
+            threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+            with pytest.raises(qs.Interrupted) as info:
+                qs.request_descriptions(s, ui, fake.url)
+        assert info.value.exit_code == 130
+        # Further signals are ignored while the clean-up runs.
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
