@@ -184,15 +184,24 @@ def cli_options(options: Mapping[str, object]) -> list[object]:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """The errors a user can cause in descgen and msta: reported in one line, no traceback."""
+    """The errors a user can cause in descgen and msta: reported in one line, no traceback.
+
+    Evaluated only when an exception is raised (in an ``except`` clause), so nothing heavy is
+    imported before it is needed.
+    """
     from descgen.datasets import ClassListError
     from descgen.encode import DescgenDataError
     from descgen.errors import DescgenError
     from descgen.generate import GenerateInputError
     from descgen.store import StoreError
+    from msta.checkpoint import CheckpointError
+    from msta.config import ConfigError
+    from msta.data import DataError
     from msta.errors import MstaError
+    from msta.train import TrainError
 
-    return (DescgenError, MstaError, ClassListError, DescgenDataError, GenerateInputError, StoreError)
+    descgen = (DescgenError, ClassListError, DescgenDataError, GenerateInputError, StoreError)
+    return (*descgen, MstaError, CheckpointError, ConfigError, DataError, TrainError)
 
 
 @contextlib.contextmanager

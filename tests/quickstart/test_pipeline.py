@@ -234,3 +234,16 @@ def test_ctrl_c_while_requests_are_in_flight_unwinds(tmp_path: Path) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def test_library_errors_end_in_one_line() -> None:
+    from descgen.store import StoreError
+    from msta.config import ConfigError
+
+    for error in (ConfigError("bad key"), StoreError("bad key")):
+        with pytest.raises(qs.QuickstartError, match="^msta train failed: bad key$"):
+            with qs.failing_as("msta train"):
+                raise error
+    with pytest.raises(RuntimeError):  # a bug is not a user error: it keeps its traceback
+        with qs.failing_as("msta train"):
+            raise RuntimeError("bug")
