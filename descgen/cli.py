@@ -13,7 +13,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from descgen import cli_audit, cli_generate
+from descgen import cli_audit, cli_generate, cli_serve
 from descgen.errors import DescgenError
 
 INTERRUPTED_EXIT = 130
@@ -60,6 +60,7 @@ def build_app() -> typer.Typer:
     app.add_typer(prompts_app, name="prompts")
     for name, func in cli_audit.COMMANDS.items():
         app.command(name)(func)
+    app.command("serve", context_settings=cli_serve.CONTEXT_SETTINGS)(cli_serve.serve)
     return app
 
 

@@ -24,7 +24,7 @@ INSTALL_HINT = (
     "On a GPU machine: pip install 'msta-toolkit[vllm]'. "
     "On a CPU-only machine: bash scripts/setup_vllm_cpu.sh, then run .venv-vllm/bin/descgen "
     "(or use --backend openai --base-url with a server started by "
-    "'python -m descgen.llm_server serve')."
+    "'descgen serve')."
 )
 
 # Options that are not engine arguments but are used by this backend.

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from descgen.llm_server import ServerError, port_is_free, set_parent_death_signal, start_server
+from descgen.serve import ServerError, port_is_free, set_parent_death_signal, start_server
 from descgen.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,13 +74,11 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(vllm_python: Path, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """``python -m descgen.llm_server serve`` running the tiny model on loopback."""
+    """``descgen serve`` running the tiny model on loopback."""
     work = tmp_path_factory.mktemp("server")
     ready, log = work / "url", work / "server.log"
     cmd = [
-        sys.executable,
-        "-m",
-        "descgen.llm_server",
+        *_descgen_main(),
         "serve",
         "--python",
         str(vllm_python),

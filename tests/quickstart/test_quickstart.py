@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from descgen.llm_server import port_is_free
+from descgen.serve import port_is_free
 from descgen.store import Store
 from descgen.validate import clean_phrase
 
@@ -274,18 +274,17 @@ def test_second_run_reuses_everything_and_sends_nothing(quickstart: dict) -> Non
     )
 
 
-def _vllm_server_of(home: Path) -> tuple[int, int] | None:
-    """(pid, port) of the vLLM server process started by a quickstart working in ``home``."""
+def _vllm_server_of(parent: int) -> tuple[int, int] | None:
+    """(pid, port) of the vLLM server process started by the quickstart process ``parent``."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
             ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            parent = Path(f"/proc/{ppid}/cmdline").read_bytes().decode(errors="replace")
         except (OSError, ValueError, IndexError):
             continue
-        if "vllm.entrypoints.openai.api_server" in args and str(home) in parent and "--port" in args:
+        if ppid == parent and "vllm.entrypoints.openai.api_server" in args and "--port" in args:
             return int(proc.name), int(args[args.index("--port") + 1])
     return None
 
@@ -308,7 +307,7 @@ def test_interrupted_run_stops_the_server(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 300
         while server is None and proc.poll() is None and time.monotonic() < deadline:
-            server = _vllm_server_of(home)
+            server = _vllm_server_of(proc.pid)  # the script execs the pipeline
             time.sleep(0.2)
         if server is None:
             if proc.poll() is None:

@@ -7,24 +7,17 @@ interface. :func:`start_server` waits until the server answers ``/v1/models``;
 Servers still running when the interpreter exits, or when it receives SIGTERM or SIGHUP, are
 stopped as well.
 
-Command line (used by the quickstart script)::
-
-    python -m descgen.llm_server serve --python .venv-vllm/bin/python --model PATH [--port P]
-
-prints the base URL once the server is ready and runs until it is interrupted (SIGINT, SIGTERM,
-SIGHUP) or its parent process exits, then stops the server. Options it does not know are passed
-on to vLLM (e.g. ``--max-model-len 2048``).
+The command line ``descgen serve`` (:mod:`descgen.cli_serve`) runs one server until it is
+interrupted; the quickstart uses :func:`start_server` directly.
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import os
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -33,6 +26,8 @@ import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from subprocess import DEVNULL, Popen
+
+from descgen.errors import DescgenError
 
 HOST = "127.0.0.1"
 DEFAULT_START_TIMEOUT_S = 900.0
@@ -50,8 +45,10 @@ DEFAULT_ENV = {
 }
 
 
-class ServerError(RuntimeError):
+class ServerError(DescgenError):
     """The server could not be started or stopped cleanly. The message includes its log tail."""
+
+    exit_code = 1
 
 
 def free_port() -> int:
@@ -71,7 +68,7 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def _tail(path: Path, max_lines: int = 40) -> str:
+def log_tail(path: Path, max_lines: int = 40) -> str:
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -122,11 +119,6 @@ class ServerHandle:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-
-    def request_count(self, path: str = "/v1/chat/completions") -> int:
-        """How many requests to ``path`` the server has logged (from its HTTP access log)."""
-        needle = f"POST {path} "
-        return sum(1 for line in self.log_text().splitlines() if needle in line)
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -273,6 +265,70 @@ def _models_ready(base_url: str) -> bool:
         return False
 
 
+def _child_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    child_env = dict(os.environ)
+    for key, value in DEFAULT_ENV.items():
+        child_env.setdefault(key, value)
+    if env:
+        child_env.update(env)
+    return child_env
+
+
+def _log_file(log_path: str | os.PathLike[str] | None) -> tuple[Path, bool]:
+    """(the log file, whether it is a temporary file owned by the handle)."""
+    if log_path is None:
+        fd, tmp = tempfile.mkstemp(prefix="vllm-server-", suffix=".log")
+        os.close(fd)
+        return Path(tmp), True
+    log = Path(log_path)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return log, False
+
+
+def server_command(
+    python: str, model_path: str, name: str, port: int, extra_args: Iterable[str]
+) -> list[str]:
+    """The vLLM OpenAI-compatible server command line, with the defaults descgen relies on."""
+    extra = list(extra_args)
+    extra += default_args(extra)
+    if is_cpu_build(python):
+        extra += cpu_default_args(extra)
+    return [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_path,
+        "--served-model-name",
+        name,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        *extra,
+    ]
+
+
+def _wait_ready(handle: ServerHandle, cmd: list[str], timeout: float) -> None:
+    """Wait until the server answers ``/v1/models``; raise ServerError when it exits or times out."""
+    process, log = handle.process, handle.log_path
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise ServerError(
+                f"vLLM server exited with status {process.returncode} before it was ready "
+                f"(command: {' '.join(cmd)}; log: {log}):\n{log_tail(log)}"
+            )
+        if _models_ready(handle.base_url):
+            return
+        if time.monotonic() > deadline:
+            raise ServerError(
+                f"vLLM server did not answer {handle.base_url}/models within {timeout:.0f} s "
+                f"(log: {log}):\n{log_tail(log)}"
+            )
+        time.sleep(0.5)
+
+
 def start_server(
     python: str | os.PathLike[str],
     model_path: str | os.PathLike[str],
@@ -298,40 +354,8 @@ def start_server(
     if not port_is_free(port):
         raise ServerError(f"port {port} on {HOST} is already in use")
     name = served_model_name or str(model_path)
-
-    child_env = dict(os.environ)
-    for key, value in DEFAULT_ENV.items():
-        child_env.setdefault(key, value)
-    if env:
-        child_env.update(env)
-
-    owns_log = log_path is None
-    if log_path is None:
-        fd, tmp = tempfile.mkstemp(prefix="vllm-server-", suffix=".log")
-        os.close(fd)
-        log = Path(tmp)
-    else:
-        log = Path(log_path)
-        log.parent.mkdir(parents=True, exist_ok=True)
-
-    extra = list(extra_args)
-    extra += default_args(extra)
-    if is_cpu_build(python):
-        extra += cpu_default_args(extra)
-    cmd = [
-        python,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model_path),
-        "--served-model-name",
-        name,
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        *extra,
-    ]
+    log, owns_log = _log_file(log_path)
+    cmd = server_command(python, str(model_path), name, port, extra_args)
     _install_handlers()
     with open(log, "ab") as log_file:
         process = Popen(
@@ -339,105 +363,33 @@ def start_server(
             stdin=DEVNULL,
             stdout=log_file,
             stderr=log_file,
-            env=child_env,
+            env=_child_env(env),
             start_new_session=True,
             preexec_fn=set_parent_death_signal,
         )
     handle = ServerHandle(process, port, name, log, owns_log)
     _LIVE.add(handle)
-
-    base_url = handle.base_url
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            if process.poll() is not None:
-                raise ServerError(
-                    f"vLLM server exited with status {process.returncode} before it was ready "
-                    f"(command: {' '.join(cmd)}; log: {log}):\n{_tail(log)}"
-                )
-            if _models_ready(base_url):
-                return handle
-            if time.monotonic() > deadline:
-                raise ServerError(
-                    f"vLLM server did not answer {base_url}/models within {timeout:.0f} s "
-                    f"(log: {log}):\n{_tail(log)}"
-                )
-            time.sleep(0.5)
+        _wait_ready(handle, cmd, timeout)
     except BaseException:
         handle._owns_log = False  # keep the log for the error message's reader
         with contextlib.suppress(Exception):
             handle.stop(timeout=10)
         raise
+    return handle
 
 
-class _Interrupted(BaseException):
-    """Raised by the serve command's signal handler to unwind and stop the server."""
+def watch(handle: ServerHandle, poll_s: float = 0.5) -> None:
+    """Block while the server runs and the process that started this one is alive.
 
-
-def _serve(args: argparse.Namespace, vllm_args: list[str]) -> int:
-    def interrupt(signum: int, frame: object) -> None:
-        raise _Interrupted(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, interrupt)
-    handle: ServerHandle | None = None
-    try:
-        handle = start_server(
-            args.python,
-            args.model,
-            port=args.port,
-            extra_args=vllm_args,
-            served_model_name=args.served_model_name,
-            timeout=args.timeout,
-            log_path=args.log,
-        )
-        print(handle.base_url, flush=True)
-        if args.ready_file:
-            Path(args.ready_file).write_text(handle.base_url + "\n")
-        parent = os.getppid()
-        while handle.running():
-            if os.getppid() != parent:  # whoever started us is gone: do not outlive it
-                return 0
-            time.sleep(0.5)
-        print(f"error: vLLM server exited with status {handle.process.returncode}", file=sys.stderr)
-        print(_tail(handle.log_path), file=sys.stderr)
-        return 1
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except _Interrupted:
-        return 0
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the clean-up short
-        if handle is not None:
-            handle.stop()
-        if args.ready_file:
-            with contextlib.suppress(OSError):
-                Path(args.ready_file).unlink()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m descgen.llm_server", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser(
-        "serve",
-        help="run a vLLM OpenAI-compatible server until interrupted",
-        description="Run a vLLM OpenAI-compatible server on 127.0.0.1 until interrupted. Unknown "
-        "options are passed on to vLLM.",
+    Returns when the parent process is gone (so that a server never outlives whoever asked for
+    it); raises ServerError, with the log's tail, when the server exits on its own.
+    """
+    parent = os.getppid()
+    while handle.running():
+        if os.getppid() != parent:
+            return
+        time.sleep(poll_s)
+    raise ServerError(
+        f"vLLM server exited with status {handle.process.returncode}:\n{log_tail(handle.log_path)}"
     )
-    serve.add_argument("--python", required=True, help="interpreter with vLLM installed")
-    serve.add_argument("--model", required=True, help="model directory (or name vLLM can load)")
-    serve.add_argument("--port", type=int, default=None, help="port (default: a free one)")
-    serve.add_argument("--served-model-name", default=None, help="name clients use (default: --model)")
-    serve.add_argument("--timeout", type=float, default=DEFAULT_START_TIMEOUT_S, help="start-up timeout, s")
-    serve.add_argument("--log", default=None, help="write the server's output here")
-    serve.add_argument("--ready-file", default=None, help="write the base URL here once ready")
-    args, vllm_args = parser.parse_known_args(argv)
-    if args.command == "serve":
-        return _serve(args, vllm_args)
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
