@@ -478,6 +478,8 @@ class TrainRecipe:
         last = ckpt.pointer(self.run_dir, "last")
         if last is None or int(last.get("epoch", 0)) < self.cfg.optim.epochs:
             return None
+        if (self.run_dir / CONFIG_FILE).is_file():
+            _check_resume_config(self.run_dir / CONFIG_FILE, self.cfg)
         self.log(
             f"{self.run_dir} is already finished ({last['epoch']} of {self.cfg.optim.epochs} epochs, "
             f"global step {last.get('global_step')}); nothing to resume"
