@@ -405,15 +405,20 @@ def _any_rank(env: D.DistEnv, flag: bool) -> bool:
 
 
 def resume_command(run_dir: Path) -> str:
-    """The command line of this process with ``--resume`` (a plain ``msta train --resume`` when the
-    process was not started as ``msta train``)."""
+    """This process's command line with ``--resume`` (under ``torchrun``, the launcher's command with
+    the same number of processes; a plain ``msta train --resume`` when not started as ``msta train``)."""
     args = list(sys.argv[1:])
     if "train" not in args:
         return shlex.join(["msta", "train", "--resume", "--set", f"run.out={run_dir}"])
-    prog = Path(sys.argv[0]).name
-    head = ["msta"] if prog in ("msta", "cli.py", "__main__.py") else [sys.argv[0]]
     if "--resume" not in args:
         args.insert(args.index("train") + 1, "--resume")
+    module = Path(sys.argv[0]).name in ("cli.py", "__main__.py")
+    world, nproc = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world > 1:
+        launcher = ["torchrun", f"--nnodes={max(1, world // nproc)}", f"--nproc_per_node={nproc}"]
+        head = [*launcher, "-m", "msta.cli"] if module else [*launcher, sys.argv[0]]
+    else:
+        head = ["msta"] if module or Path(sys.argv[0]).name == "msta" else [sys.argv[0]]
     return shlex.join(head + args)
 
 
