@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -305,3 +306,19 @@ def test_sigterm_saves_a_checkpoint_that_resumes_exactly(synth, tmp_path):
     assert info_ref["global_step"] == info_res["global_step"] == STEPS
     worst = max((w_ref[k] - w_res[k]).abs().max().item() for k in w_ref)
     assert worst <= 1e-6, worst
+
+
+def test_a_second_signal_exits_at_once():
+    code = (
+        "import os, signal, sys, time\n"
+        "from msta.train import StopSignals\n"
+        "with StopSignals() as s:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    assert s.received == signal.SIGINT\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(60)\n"
+        "sys.exit(0)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 130, res.stderr
+    assert "SIGINT again: stopping now" in res.stderr
