@@ -6,17 +6,21 @@ Layout inside a run directory::
       step-00000120/
         adapters.safetensors   trainable parameters only (the frozen backbone is rebuilt from the config)
         trainer.pt             optimizer, scheduler, RNG states of every rank, data order, best metric
+        manifest.json          size and sha256 of the two files above (checked on every load)
       last.json                {"dir": "step-00000120", "epoch": ..., "global_step": ..., ...}
       best.json
+      previous.json            the checkpoint ``last`` named before (a resume falls back to it)
 
 A checkpoint directory is written completely under a temporary name and renamed into place, then
 the pointer file (``last.json`` / ``best.json``) is replaced atomically (temporary file +
 ``os.replace``). A kill at any moment leaves the previous pointer valid. Directories no pointer
-names any more are removed afterwards.
+names any more are removed afterwards. Checkpoints written before manifests existed still load
+(their files are only checked by parsing them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -32,7 +36,8 @@ from msta.errors import MstaError
 
 WEIGHTS = "adapters.safetensors"
 TRAINER = "trainer.pt"
-NAMES = ("last", "best")
+MANIFEST = "manifest.json"
+NAMES = ("last", "best", "previous")
 
 
 class CheckpointError(MstaError):
@@ -140,10 +145,11 @@ def save(
         for f in (WEIGHTS, TRAINER):
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
+        _write_manifest(tmp, info)
         if final.exists():
             # Same step written again (for example a best pointer after last): replace it
-            # only when no pointer needs the old copy, otherwise keep the old one.
-            if _referenced(root) & {final.name}:
+            # only when no pointer needs the old copy and it is intact, otherwise keep the old one.
+            if _referenced(root) & {final.name} and not problems(final):
                 shutil.rmtree(tmp)
                 tmp = final
             else:
@@ -155,6 +161,9 @@ def save(
         if tmp != final:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+    old_last = pointer(run_dir, "last") if "last" in names else None
+    if old_last is not None and old_last.get("dir") != final.name:
+        atomic_write_text(root / "previous.json", json.dumps(old_last, indent=1))
     for name in names:
         atomic_write_text(root / f"{name}.json", json.dumps({"dir": final.name, **info}, indent=1))
     _fsync_dir(root)
@@ -204,19 +213,82 @@ def checkpoint_dir(run_dir: str | Path, name: str = "last") -> Path:
     return d
 
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_manifest(d: Path, info: dict[str, Any]) -> None:
+    files = {f: {"size": (d / f).stat().st_size, "sha256": sha256_file(d / f)} for f in (WEIGHTS, TRAINER)}
+    atomic_write_text(d / MANIFEST, json.dumps({"files": files, **info}, indent=1))
+
+
+def problems(d: Path, files: tuple[str, ...] = (WEIGHTS, TRAINER)) -> list[str]:
+    """What is wrong with the ``files`` of checkpoint directory ``d`` against its manifest (none
+    for an intact checkpoint, or an old one without a manifest whose files exist)."""
+    out = []
+    try:
+        manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except FileNotFoundError:
+        manifest = None
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"{MANIFEST} is unreadable"]
+    for f in files:
+        p = d / f
+        if not p.is_file():
+            out.append(f"{f} is missing")
+            continue
+        if manifest is None or f not in manifest:
+            continue
+        want = manifest[f]
+        size = p.stat().st_size
+        if size != want.get("size"):
+            out.append(f"{f} has {size} bytes, expected {want.get('size')}")
+        elif sha256_file(p) != want.get("sha256"):
+            out.append(f"{f} does not match its sha256")
+    return out
+
+
+def verify(run_dir: str | Path, name: str = "last", files: tuple[str, ...] = (WEIGHTS, TRAINER)) -> Path:
+    """The directory of checkpoint ``name``; :class:`CheckpointError` when it is corrupt."""
+    d = checkpoint_dir(run_dir, name)
+    bad = problems(d, files)
+    if bad:
+        raise CheckpointError(f"checkpoint {d} is corrupt: {'; '.join(bad)}")
+    return d
+
+
 def load_weights(run_dir: str | Path, name: str = "last") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Trainable weights and the info stored with them (epoch, global_step, metric, ...)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    d = checkpoint_dir(run_dir, name)
-    weights = load_file(str(d / WEIGHTS))
-    with safe_open(str(d / WEIGHTS), framework="pt") as f:
-        meta = f.metadata() or {}
-    info = {k: json.loads(v) for k, v in meta.items()}
+    d = verify(run_dir, name, (WEIGHTS,))
+    try:
+        weights = load_file(str(d / WEIGHTS))
+        with safe_open(str(d / WEIGHTS), framework="pt") as f:
+            meta = f.metadata() or {}
+        info = {k: json.loads(v) for k, v in meta.items()}
+    except Exception as exc:  # noqa: BLE001 - any parse failure of the file means a corrupt checkpoint
+        raise CheckpointError(f"checkpoint {d} is corrupt: cannot read {WEIGHTS} ({exc})") from None
     return weights, info
 
 
 def load_trainer_state(run_dir: str | Path, name: str = "last") -> dict[str, Any]:
-    d = checkpoint_dir(run_dir, name)
-    return torch.load(d / TRAINER, map_location="cpu", weights_only=True)
+    d = verify(run_dir, name, (TRAINER,))
+    try:
+        return torch.load(d / TRAINER, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {d} is corrupt: cannot read {TRAINER} ({exc})") from None
+
+
+def repoint(run_dir: str | Path, name: str, target: str) -> None:
+    """Point ``name`` at the checkpoint ``target`` points at (then prune what no pointer names)."""
+    info = pointer(run_dir, target)
+    if info is None:
+        raise CheckpointError(f"no '{target}' checkpoint in {run_dir}")
+    atomic_write_text(ckpt_root(run_dir) / f"{name}.json", json.dumps(info, indent=1))
+    prune(run_dir)

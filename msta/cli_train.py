@@ -60,7 +60,9 @@ def eval_command(
 ) -> None:
     """Evaluate a run: top-1/top-5, per-class accuracy, base/novel/HM, mean ± std over splits."""
     from msta.evaluate import compact, evaluate_run
+    from msta.run import check_device, run_config
 
+    check_device(run_config(run, overrides).run.device)
     report = evaluate_run(
         run,
         splits=split,

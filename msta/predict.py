@@ -88,8 +88,14 @@ def class_probabilities(model, cfg: Config, path: Path, names: Sequence[str], vi
     """Softmax over ``names`` for one video (the mean over its views)."""
     import torch
 
-    from msta.video import DataError
+    from msta.video import DataError, VideoReadError, open_reader
 
+    try:  # a video that cannot be opened at all: one line, before the dataset's retry and warning
+        with open_reader(path, cfg.data.decoder) as reader:
+            if reader.num_frames < 1:
+                raise VideoReadError(f"{path} has no frames")
+    except VideoReadError as exc:
+        raise TrainError(f"cannot read the video {path}: {exc}") from None
     try:
         ds = make_dataset(
             cfg,

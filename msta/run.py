@@ -14,6 +14,8 @@ import contextlib
 import json
 import os
 import random
+import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CLASSES_FILE = "classes.json"
 SUMMARY_FILE = "train_summary.json"
+LOCK_FILE = "train.lock"
 
 
 class TrainError(MstaError):
@@ -207,10 +210,89 @@ def load_run_model(run_dir: str | Path, cfg: Config, which: str, device):
 # --------------------------------------------------------------------------- devices and the model
 
 
+def available_devices() -> list[str]:
+    """The device names this machine can run on (``cpu`` always)."""
+    import torch
+
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def check_device(name: str) -> None:
+    """:class:`TrainError` naming the available devices when ``name`` (``auto``, ``cpu``, ``cuda``,
+    ``cuda:1``, ``mps``) is unknown or not usable on this machine."""
+    import torch
+
+    if name == "auto":
+        return
+    avail = available_devices()
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise TrainError(f"unknown device {name!r}; available: {', '.join(avail)}") from None
+    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available():
+        ok = dev.index < torch.cuda.device_count()
+    else:
+        ok = dev.type in avail
+    if not ok:
+        raise TrainError(f"{name} is not available here; available: {', '.join(avail)}")
+
+
 def pick_device(name: str):
     from msta.distributed import pick_device as _pick
 
+    check_device(name)
     return _pick(name)
+
+
+class RunLock:
+    """An exclusive lock on a run directory: ``fcntl.flock`` on ``train.lock`` inside it, held while
+    a training process runs and released by the OS when that process dies. The file names the
+    holder (pid, host, start time) for the message of the process that is refused."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise TrainError(
+                f"{self.path.parent} is in use by another training process ({self._holder()}); "
+                "wait for it to end or choose another run.out"
+            ) from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(holder) + "\n").encode())
+        self.fd = fd
+        return self
+
+    def _holder(self) -> str:
+        try:
+            h = json.loads(self.path.read_text(encoding="utf-8"))
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(h["started"])))
+            return f"pid {h['pid']} on {h['host']}, started {started}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "holder unknown"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 def autocast(device):

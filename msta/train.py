@@ -16,8 +16,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import shlex
+import signal
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,9 +43,11 @@ from msta.run import (
     CONFIG_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
+    RunLock,
     TrainError,
     autocast,
     build_seeded_model,
+    check_device,
     check_labels,
     class_names,
     expand,
@@ -82,9 +89,7 @@ def prepare_descriptions(
         frozen = model.frozen_text_backbone()
         encoder = TextEncoder.from_model(frozen.model, model.tokenizer, frozen.model_name, frozen.pretrained)
         if is_main and encode:
-            n = encode_missing(store, encoder, set_ids=[set_.id], progress=False)
-            if n:
-                log(f"encoded {n} descriptions with {encoder.fingerprint} and stored them in {path}")
+            _encode_missing(store, encoder, set_.id, path, encode_missing, log)
         spatial, temporal = load_description_embeddings(store, set_.id, list(names), encoder.fingerprint)
     except MissingDescriptionsError as exc:
         raise TrainError(f"{exc} (classes: {', '.join(exc.classes)})") from None
@@ -96,6 +101,28 @@ def prepare_descriptions(
     return spatial, temporal, info
 
 
+def _encode_missing(store, encoder, set_id: str, path: str, encode_missing, log) -> None:
+    """Encode and store the set's missing embeddings; a cache that has them all is only read
+    (so a read-only cache works), one that lacks some and cannot be written is a TrainError."""
+    from descgen.store import StoreError
+
+    if store.get_encoder(encoder.fingerprint) is not None:
+        todo = store.texts_missing_embeddings(encoder.fingerprint, [set_id])
+        if not todo:
+            return
+    else:
+        todo = None
+    try:
+        n = encode_missing(store, encoder, set_ids=[set_id], progress=False)
+    except StoreError as exc:
+        what = f"{len(todo)} description embeddings" if todo else "embeddings"
+        raise TrainError(
+            f"{what} for {encoder.fingerprint} are missing from {path} and cannot be stored: {exc}"
+        ) from None
+    if n:
+        log(f"encoded {n} descriptions with {encoder.fingerprint} and stored them in {path}")
+
+
 def _description_cache(cfg: Config, cache: str | None) -> str:
     path = cache or cfg.descriptions.cache
     if not path:
@@ -104,6 +131,8 @@ def _description_cache(cfg: Config, cache: str | None) -> str:
             "(or set descriptions.cache), or train without it with --set loss.consistency_weight=0"
         )
     path = expand(path, cfg)
+    if Path(path).is_dir():
+        raise TrainError(f"description cache {path} is a directory, not a cache file (give the .db file)")
     if not Path(path).is_file():
         raise TrainError(f"description cache not found: {path}")
     return path
@@ -324,6 +353,75 @@ def _progress_bar(enabled: bool, console: Console):
     return bar
 
 
+# --------------------------------------------------------------------------- stopping
+
+
+class StopSignals:
+    """The first SIGINT or SIGTERM is remembered (the loop finishes its step, saves a checkpoint and
+    ends); a second one ends the process at once. Handlers are installed in the main thread only
+    and restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, verbose: bool = True):
+        self.verbose = verbose
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
+
+    def _say(self, text: str) -> None:
+        if self.verbose:
+            os.write(2, (text + "\n").encode())
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            self._say(f"{name} again: stopping now, without a checkpoint")
+            os._exit(128 + signum)
+        self.received = signum
+        self._say(
+            f"{name}: finishing the current step, then saving a checkpoint (send it again to stop at once)"
+        )
+
+
+def _any_rank(env: D.DistEnv, flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (a collective under torchrun)."""
+    if not env.distributed:
+        return flag
+    dev = env.device if env.device.type == "cuda" else torch.device("cpu")
+    return bool(D.all_reduce_sum(env, torch.tensor([float(flag)], device=dev)).item() > 0)
+
+
+def resume_command(run_dir: Path) -> str:
+    """This process's command line with ``--resume`` (under ``torchrun``, the launcher's command with
+    the same number of processes; a plain ``msta train --resume`` when not started as ``msta train``)."""
+    args = list(sys.argv[1:])
+    if "train" not in args:
+        return shlex.join(["msta", "train", "--resume", "--set", f"run.out={run_dir}"])
+    if "--resume" not in args:
+        args.insert(args.index("train") + 1, "--resume")
+    module = Path(sys.argv[0]).name in ("cli.py", "__main__.py")
+    world, nproc = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world > 1:
+        launcher = ["torchrun", f"--nnodes={max(1, world // nproc)}", f"--nproc_per_node={nproc}"]
+        head = [*launcher, "-m", "msta.cli"] if module else [*launcher, sys.argv[0]]
+    else:
+        head = ["msta"] if module or Path(sys.argv[0]).name == "msta" else [sys.argv[0]]
+    return shlex.join(head + args)
+
+
 # --------------------------------------------------------------------------- the recipe
 
 
@@ -358,18 +456,75 @@ class TrainRecipe:
             self.console.print(msg, highlight=False, markup=False, soft_wrap=True)
 
     def run(self) -> dict[str, Any]:
-        self.setup()
-        self.bar = _progress_bar(self.progress and self.env.is_main, self.console)
-        self.t_start = time.time()
+        done = self._finished_summary()
+        if done is not None:
+            return done
+        with self._run_lock(), StopSignals(self.env.is_main) as self.signals:
+            self.setup()
+            self.bar = _progress_bar(self.progress and self.env.is_main, self.console)
+            self.t_start = time.time()
+            try:
+                while self.state.epoch < self.cfg.optim.epochs:
+                    self.train_epoch()
+                    self.save(self.evaluate())
+                    if self.state.epoch < self.cfg.optim.epochs:
+                        self._stop_if_signalled(save=False)
+            finally:
+                if self.bar:
+                    self.bar.stop()
+                self.metrics.close()
+            return self.summary()
+
+    def _finished_summary(self) -> dict[str, Any] | None:
+        """With ``--resume`` on a run that has done all its epochs: say so, change nothing and
+        return its summary (None for any other run)."""
+        if not self.resume:
+            return None
+        last = ckpt.pointer(self.run_dir, "last")
+        if last is None or int(last.get("epoch", 0)) < self.cfg.optim.epochs:
+            return None
+        if (self.run_dir / CONFIG_FILE).is_file():
+            _check_resume_config(self.run_dir / CONFIG_FILE, self.cfg)
+        self.log(
+            f"{self.run_dir} is already finished ({last['epoch']} of {self.cfg.optim.epochs} epochs, "
+            f"global step {last.get('global_step')}); nothing to resume"
+        )
         try:
-            while self.state.epoch < self.cfg.optim.epochs:
-                self.train_epoch()
-                self.save(self.evaluate())
+            return json.loads((self.run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {"run_dir": str(self.run_dir), "epochs": self.cfg.optim.epochs, "finished": True}
+
+    @contextlib.contextmanager
+    def _run_lock(self):
+        """The run directory's lock (rank 0 takes it; every rank learns whether it got it)."""
+        lock = RunLock(self.run_dir)
+        err = None
+        if self.env.is_main:
+            try:
+                lock.acquire()
+            except TrainError as exc:
+                err = str(exc)
+        err = D.broadcast_object(self.env, err)
+        if err:
+            raise TrainError(err)
+        try:
+            yield lock
         finally:
-            if self.bar:
-                self.bar.stop()
-            self.metrics.close()
-        return self.summary()
+            lock.release()
+
+    def _stop_if_signalled(self, save: bool = True) -> None:
+        """After a signal (seen by any rank): save a checkpoint at this step and end the run."""
+        if not _any_rank(self.env, self.signals.received is not None):
+            return
+        state = self.state
+        if save:
+            self.save(("last",))
+        sig = self.signals.received or signal.SIGTERM
+        raise TrainError(
+            f"stopped by {signal.Signals(sig).name} at epoch {state.epoch + 1}, step {state.step_in_epoch} "
+            f"(global step {state.global_step}); checkpoint saved. Continue with: {resume_command(self.run_dir)}",
+            128 + int(sig),
+        )
 
     # ----------------------------------------------------------------------- setup
 
@@ -486,11 +641,34 @@ class TrainRecipe:
             self.optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, o.min_lr_ratio)
         )
 
+    def _read_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Weights, trainer state and pointer of the last intact checkpoint: ``last``, else (with a
+        warning) the ``previous`` one, which then becomes ``last``."""
+        run_dir = self.run_dir
+        try:
+            weights, _ = ckpt.load_weights(run_dir, "last")
+            return weights, ckpt.load_trainer_state(run_dir, "last"), ckpt.pointer(run_dir, "last")
+        except ckpt.CheckpointError as exc:
+            reason = str(exc)
+            prev = ckpt.pointer(run_dir, "previous")
+            if prev is None:
+                raise
+            try:
+                weights, _ = ckpt.load_weights(run_dir, "previous")
+                ts = ckpt.load_trainer_state(run_dir, "previous")
+            except ckpt.CheckpointError:
+                raise exc from None
+        self.log(f"warning: {reason}; resuming from the previous checkpoint {prev['dir']} instead")
+        D.barrier(self.env)
+        if self.env.is_main:
+            ckpt.repoint(run_dir, "last", "previous")
+        D.barrier(self.env)
+        return weights, ts, prev
+
     def _load_checkpoint(self, last: dict[str, Any]) -> None:
         env, run_dir = self.env, self.run_dir
-        weights, _info = ckpt.load_weights(run_dir, "last")
+        weights, ts, last = self._read_checkpoint()
         self.model.load_trainable_state_dict({k: v.to(env.device) for k, v in weights.items()})
-        ts = ckpt.load_trainer_state(run_dir, "last")
         self.optimizer.load_state_dict(ts["optimizer"])
         self.scheduler.load_state_dict(ts["scheduler"])
         self.state = state = TrainState.from_dict(ts["state"])
@@ -556,6 +734,7 @@ class TrainRecipe:
             every = self.cfg.run.save_every_steps
             if every and state.global_step % every == 0:
                 self.save(("last",))
+            self._stop_if_signalled()
         del loader
         if self.bar and task is not None:
             self.bar.remove_task(task)
@@ -724,6 +903,7 @@ def train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train (or resume) a run; returns a summary dict (rank 0's view, the same on every rank)."""
+    check_device(cfg.run.device)
     env = D.setup(cfg.run.device)
     try:
         return TrainRecipe(cfg, env, descriptions, resume, progress).run()

@@ -90,9 +90,9 @@ def test_checkpoint_save_load_last_and_best(tmp_path):
     ckpt.save(
         run, _weights(3.0), {"state": {"x": 3}}, {"epoch": 3, "global_step": 15}, names=("last", "best")
     )
-    # Only the directories a pointer names are kept.
+    # Only the directories a pointer names are kept (last, best and the previous last).
     dirs = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
-    assert dirs == ["step-00000015"]
+    assert dirs == ["step-00000010", "step-00000015"]
 
 
 def test_checkpoint_interrupted_write_keeps_previous(tmp_path):
