@@ -95,3 +95,45 @@ def test_zero_shot_predict_on_frames_matches_the_reference(weights, tmp_path):
     # CLIP's statistics would give other probabilities: the backbone's own were used.
     clip_stats = reference_probabilities(sd, frames, CLASSES, stats=CLIP).tolist()
     assert max(abs(clip_stats[i] - expected[c]) for i, c in enumerate(CLASSES)) > 1e-2
+
+
+@pytest.mark.slow
+def test_short_training_with_viclip_tiny_learns_motion(tmp_path):
+    """``msta train`` on ``msta data synth`` videos (4 directions of motion, 24 training videos per
+    class) with the viclip-tiny backbone: above chance (0.25) and above what a model that ignores
+    frame order can reach (0.5). Measured over run seeds 0, 1, 2: top-1 1.0, 0.875, 1.0 (about 60 s of
+    training on one core)."""
+    from tests.msta_train import run_msta_process
+
+    data, run = tmp_path / "synth", tmp_path / "run"
+    synth = ["data", "synth", "--out", data, "--videos-per-class", "24", "--val-per-class", "8"]
+    res = run_msta_process([*synth, "--frames", "8", "--size", "32"])
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert manifest["counts"] == {"train": 96, "val": 32}
+    res = run_msta_process(
+        [
+            "train",
+            "-c",
+            "synth",
+            "-c",
+            "viclip-tiny",
+            "--no-progress",
+            "--set",
+            f"data.root={data}",
+            "--set",
+            f"run.out={run}",
+            "--set",
+            "optim.epochs=30",
+            "--set",
+            "eval.every=0",
+            "--set",
+            "loss.consistency_weight=0",
+        ],  # fmt: skip
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_msta_process(["eval", run, "--json", "--no-plots"])
+    assert res.returncode == 0, res.stderr
+    top1 = json.loads(res.stdout)["top1"]
+    assert top1 >= 0.75, top1
