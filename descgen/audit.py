@@ -164,6 +164,20 @@ class _TokenCounter:
         return len(self._encode(text)) + 2
 
 
+def encoder_context(enc: dict | None) -> int:
+    """The text context (tokens, start and end included) of the encoder a set is audited against:
+    the one its row records, else the context of its model (ViCLIP 32, open_clip 77 for most), else
+    the default tokenizer model's."""
+    if enc and enc.get("context_length"):
+        return int(enc["context_length"])
+    from descgen.encoders import context_length
+
+    try:
+        return context_length((enc or {}).get("model_name") or DEFAULT_TOKENIZER_MODEL)
+    except Exception:  # noqa: BLE001 - a model that cannot be resolved here: open_clip's usual context
+        return DEFAULT_CONTEXT
+
+
 def _pick_encoder(store: Store, set_: DescriptionSet, encoder_fp: str | None) -> dict | None:
     if encoder_fp:
         enc = store.get_encoder(encoder_fp)
@@ -231,7 +245,7 @@ def _context(
             failed.setdefault(g["class_name"], []).append(g)
     kinds = set_kinds(set_)
     enc = _pick_encoder(store, set_, encoder_fp)
-    context = int(enc["context_length"]) if enc else DEFAULT_CONTEXT
+    context = encoder_context(enc)
     hashes = [text_hash(t) for c in descs.values() for k in kinds for t in c.get(k, [])]
     return AuditContext(
         set=set_,

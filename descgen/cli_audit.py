@@ -68,7 +68,12 @@ def encode_cmd(
     cache: str = CacheOpt,
     dataset: str = typer.Option(None, "--dataset", help="Only the sets of this dataset."),
     set_id: str = SetOpt,
-    model: str = typer.Option("ViT-B-16", "--model", help="open_clip model name or model-config JSON path."),
+    model: str = typer.Option(
+        "ViT-B-16",
+        "--model",
+        help="open_clip model name, ViCLIP name (viclip-b16, viclip-l14), shipped config (clip-tiny, "
+        "viclip-tiny) or model-config JSON path.",
+    ),
     pretrained: str = typer.Option(
         "openai", "--pretrained", help="Pretrained tag, checkpoint file, or 'none' (random)."
     ),

@@ -38,7 +38,9 @@ class _Section(BaseModel):
 
 
 class ModelCfg(_Section):
-    backbone: str = "ViT-B-16"  # open_clip model name, or path to an open_clip model-config JSON
+    # open_clip model name (ViT-B-16), a shipped config (clip-tiny; ViCLIP: viclip-b16, viclip-l14,
+    # viclip-tiny) or a model-config JSON path; the backbone brings its own image size and input statistics
+    backbone: str = "ViT-B-16"
     pretrained: str = "openai"  # open_clip tag, local checkpoint path, or "none" (random weights)
     frames: int = Field(8, ge=1)
     prompt_template: str = "a video of {}."

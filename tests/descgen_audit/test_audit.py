@@ -297,3 +297,70 @@ def test_audit_with_custom_class_list(tmp_path, shared_data, descgen_cli):
     r = descgen_cli("audit", "--cache", str(db), "--dataset", "mini", "--classes", str(classes), "--json")
     doc = json.loads(r.stdout)
     assert [(x["class"], x["kind"], x["check"]) for x in doc["findings"]] == [("jump", "spatial", "missing")]
+
+
+@pytest.fixture(scope="module")
+def ssv2_temporal(tmp_path_factory, shared_data):
+    """The published SSv2 temporal sentences (N=2) in a cache, encoded by a tiny ViCLIP (context 32)
+    and a tiny open_clip model (context 77), both with random weights."""
+    import warnings
+
+    from descgen.encode import RandomWeightsWarning, load_text_encoder
+
+    st = Store(tmp_path_factory.mktemp("ssv2") / "cache.db")
+    folder = shared_data / "descriptions" / "msta"
+    res = import_files(
+        st, "ssv2", folder / "ssv2_spatial_2.json", folder / "ssv2_temporal_2.json", data_dir=shared_data
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        encoders = {
+            name: load_text_encoder(model, "none")
+            for name, model in (
+                ("viclip", "viclip-tiny"),
+                ("open_clip", str(REPO / "descgen/models/clip-tiny.json")),
+            )
+        }
+    for enc in encoders.values():
+        encode_missing(st, enc, progress=False)
+    yield st, res.set, encoders
+    st.close()
+
+
+def _too_long(report) -> set[tuple[str, int]]:
+    return {(f.class_name, f.kind, f.index) for f in report.findings if f.check == "too_long"}
+
+
+@pytest.mark.parametrize("use_tokenizer", [True, False])
+def test_too_long_follows_the_encoder_context(ssv2_temporal, use_tokenizer):
+    import open_clip
+
+    st, set_, encoders = ssv2_temporal
+    assert (encoders["viclip"].context_length, encoders["open_clip"].context_length) == (32, 77)
+    tok = open_clip.SimpleTokenizer()
+    lengths = {
+        (c, kind, i): len(tok.encode(t)) + 2
+        for c, kinds in st.descriptions(set_.id).items()
+        for kind, texts in kinds.items()
+        for i, t in enumerate(texts)
+    }
+    over_32 = {k for k, n in lengths.items() if n > 32}
+    assert len({k for k in over_32 if k[1] == "temporal"}) >= 50  # many temporal sentences are cut
+    assert max(lengths.values()) <= 77  # but all of them fit open_clip's context
+    viclip = audit_set(st, set_, encoder_fp=encoders["viclip"].fingerprint, use_tokenizer=use_tokenizer)
+    assert _too_long(viclip) == over_32
+    assert all(
+        "over the encoder context of 32" in f.message for f in viclip.findings if f.check == "too_long"
+    )
+    clip = audit_set(st, set_, encoder_fp=encoders["open_clip"].fingerprint, use_tokenizer=use_tokenizer)
+    assert _too_long(clip) == set()
+    assert clip.checks["too_long"].startswith("on") and viclip.checks["too_long"].startswith("on")
+
+
+def test_too_long_without_an_encoder_row_uses_the_model_context(store):
+    from descgen.audit import encoder_context
+
+    assert encoder_context(None) == 77
+    assert encoder_context({"model_name": "viclip-b16", "context_length": None}) == 32
+    assert encoder_context({"model_name": "ViT-B-16", "context_length": 77}) == 77
+    assert encoder_context({"model_name": "viclip-tiny", "context_length": 32}) == 32
