@@ -4,7 +4,8 @@ trained and evaluated one after another here, or as Slurm jobs through submitit;
 A plan (YAML; a name without a path is a plan shipped in ``msta/plans``)::
 
     out: runs/paper                    # run directories: OUT/PROTOCOL/DATASET[/Kshot]/seedS
-    descriptions: cache/msta.db        # description cache of the consistency loss (optional)
+    descriptions: cache/msta.db        # description cache of the consistency loss (optional); or
+                                       # {default: a.db, ssv2: b.db, ssv2/16: c.db} (most specific wins)
     configs: [viclip-b16]              # presets or files before each protocol's own
     set: [model.pretrained=/w/ViCLIP-B_InternVid-FLT-10M.pth]   # overrides after them
     roots: {hmdb51: /videos/hmdb51}    # data.root per dataset
@@ -141,8 +142,19 @@ def _planned(plan, protocol, spec, dataset, shots, seed, out) -> PlannedRun:
         overrides,
         evaluate,
         int(plan.get("gpus", 1)),
-        plan.get("descriptions"),
+        _descriptions(plan.get("descriptions"), dataset, shots),
     )
+
+
+def _descriptions(spec: Any, dataset: str, shots: int | None) -> str | None:
+    """The description cache of a run: one path for all, or a mapping with ``default`` and
+    ``DATASET`` or ``DATASET/SHOTS`` keys (the most specific wins)."""
+    if not isinstance(spec, dict):
+        return spec
+    for key in (f"{dataset}/{shots}", dataset, "default"):
+        if key in spec:
+            return spec[key]
+    return None
 
 
 # --------------------------------------------------------------------------- one run

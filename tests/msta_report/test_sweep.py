@@ -50,6 +50,9 @@ def test_paper_plan_expands_to_the_full_table():
     few = next(r for r in runs if r.protocol == "fewshot" and r.dataset == "ssv2" and r.shots == 4)
     assert few.run_dir == "runs/paper/fewshot/ssv2/4shot/seed1"
     assert any(o.endswith("/fewshot/ssv2/train1_few_shot_4.txt") for o in few.overrides)
+    assert few.descriptions == "cache/msta.db" and b2n[0].descriptions == "cache/msta.db"
+    ssv2_16 = next(r for r in runs if r.protocol == "fewshot" and r.dataset == "ssv2" and r.shots == 16)
+    assert ssv2_16.descriptions == "cache/msta-ssv2-8.db"
     zs = next(r for r in runs if r.protocol == "zeroshot")
     assert [e["target"] for e in zs.evaluate] == ["hmdb51", "ucf101", "k600"]
 
