@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from msta.schedule import lr_factor
 from msta.sweep import SweepError, expand_plan, load_plan, run_state, sweep
 
 TINY = ["loss.consistency_weight=0", "optim.epochs=1", "optim.batch_size=4", "run.device=cpu"]
@@ -80,6 +81,13 @@ def test_sweep_runs_here_skips_done_runs_and_resumes(tmp_path, synth_root, msta_
     assert [g["seeds"] for g in report["groups"]] == [[1, 2]]
     assert report["groups"][0]["checkpoints"]["last"]["top1"]["n"] == 2
     assert (out / "report" / "report.md").is_file() and (out / "report" / "report.png").is_file()
+
+    # The learning rate is logged: after optimizer step k, the rate of the next step (synth: warmup_cosine).
+    rows = [json.loads(x) for x in (seeds[0] / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["type"] == "train"]
+    assert len(train_rows) == 4  # log_every_steps={seed}=1
+    for r in train_rows:
+        assert r["lr"] == pytest.approx(0.02 * lr_factor(r["global_step"], 4, 4, 0.1, "warmup_cosine"))
 
     stamp = {d: (d / "train_summary.json").stat().st_mtime_ns for d in seeds}
     res = msta_cli(["sweep", str(plan)])
