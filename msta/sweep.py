@@ -253,7 +253,10 @@ def slurm_executor(options: SlurmOptions, folder: Path):
     """A submitit executor for Slurm with one task per job (torchrun starts the GPU processes)."""
     import submitit
 
-    ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    try:
+        ex = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    except RuntimeError as exc:
+        raise SweepError(f"--slurm: {exc}") from None
     params: dict[str, Any] = {
         "timeout_min": options.time_min,
         "nodes": 1,

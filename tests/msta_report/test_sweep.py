@@ -119,3 +119,55 @@ def test_sweep_through_submitit_local_executor(tmp_path, synth_root):
     assert list((tmp_path / "jobs").glob("*_result.pkl"))  # it ran as a submitit job
     report = json.loads(Path(result["report"]["json"]).read_text())
     assert report["groups"][0]["seeds"] == [3]
+
+
+FAKE_SBATCH = """#!/bin/sh
+# Starts the job in the background, as a one-node Slurm allocation would, and answers like sbatch.
+here=$(dirname "$0")
+n=$(( $(cat "$here/counter" 2>/dev/null || echo 100) + 1 ))
+echo $n > "$here/counter"
+echo "$@" >> "$here/sbatch.calls"
+SLURM_JOB_ID=$n SLURM_NTASKS=1 SLURM_JOB_NUM_NODES=1 SLURM_NODEID=0 SLURM_JOB_NODELIST=localhost \\
+  SLURM_PROCID=0 SLURM_LOCALID=0 nohup bash "$1" > "$here/job_$n.log" 2>&1 &
+echo "Submitted batch job $n"
+"""
+FAKE_SRUN = """#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in --output|--error) shift 2;; --*) shift;; *) break;; esac
+done
+exec "$@"
+"""
+
+
+def _fake_slurm(bin_dir: Path) -> None:
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN), ("sacct", "#!/bin/sh\nexit 0\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+
+
+def test_slurm_without_slurm_is_a_user_error(tmp_path, monkeypatch, msta_cli):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
+    plan = write_plan(tmp_path / "plan.yaml", tmp_path, tmp_path / "runs", seeds=(1,))
+    res = msta_cli(["sweep", str(plan), "--slurm"])
+    assert res.returncode == 2 and "--slurm" in res.stderr and "slurm" in res.stderr.lower()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sweep_with_slurm_submits_through_sbatch(tmp_path, synth_root, monkeypatch, msta_cli):
+    import os
+
+    _fake_slurm(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "runs"
+    plan = write_plan(tmp_path / "plan.yaml", synth_root, out, seeds=(1,))
+    res = msta_cli(["sweep", str(plan), "--slurm", "--partition", "debug", "--time", "5", "--gpus", "1"])
+    assert res.returncode == 0, res.stderr + (tmp_path / "bin" / "job_101.log").read_text()
+    submission = Path((tmp_path / "bin" / "sbatch.calls").read_text().split()[0]).read_text()
+    assert "#SBATCH --partition=debug" in submission and "#SBATCH --time=5" in submission
+    run_dir = out / "synthetic" / "synth" / "seed1"
+    assert json.loads((run_dir / "sweep.json").read_text())["complete"] is True
+    assert (out / "report" / "report.md").is_file()
+    res = msta_cli(["sweep", str(plan), "--slurm"])
+    assert res.returncode == 0 and "1 runs: 1 done, 0 to run" in res.stderr
