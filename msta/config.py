@@ -99,6 +99,9 @@ class OptimCfg(_Section):
     eps: float = Field(1e-8, gt=0.0)
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
     accum_steps: int = Field(1, ge=1)
+    # Per-step learning rate: timm (cosine over all steps, linear warm-up from 0 in place of it, as
+    # in the authors' logs) or warmup_cosine (warm-up, then a cosine over the remaining steps).
+    schedule: Literal["timm", "warmup_cosine"] = "timm"
 
 
 class RunCfg(_Section):
@@ -106,6 +109,7 @@ class RunCfg(_Section):
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    precision: Literal["bf16", "fp32"] = "bf16"  # training autocast on CUDA; the CPU always runs fp32
     grad_checkpointing: bool = False
     tensorboard: bool = False
     # Training loop (trainer): checkpoint every K optimizer steps (0: at the end of each epoch only),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shlex
 import signal
@@ -55,6 +54,7 @@ from msta.run import (
     read_list,
     train_classes_spec,
 )
+from msta.schedule import lr_factor
 
 # --------------------------------------------------------------------------- descriptions
 
@@ -185,19 +185,6 @@ def _check_coverage(store, set_, names: Sequence[str], path: str) -> None:
             f"{len(missing)} of {len(names)} training classes have no (complete) descriptions in set "
             f"{set_.id}: {', '.join(missing)}. Generate them with: descgen generate --cache {path} ..."
         )
-
-
-# --------------------------------------------------------------------------- schedule
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Multiplier of the base learning rate before optimizer step ``step`` (0-based)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if total_steps <= warmup_steps:
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # --------------------------------------------------------------------------- logging
@@ -638,7 +625,7 @@ class TrainRecipe:
         total_steps = self.steps_per_epoch * o.epochs
         warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, o.min_lr_ratio)
+            self.optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, o.min_lr_ratio, o.schedule)
         )
 
     def _read_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -761,7 +748,8 @@ class TrainRecipe:
         env, model, accum = self.env, self.model, self.cfg.optim.accum_steps
         video = batch["video"].to(env.device, non_blocking=True)
         labels = batch["label"].to(env.device, non_blocking=True)
-        with autocast(env.device):
+        precision = autocast(env.device) if self.cfg.run.precision == "bf16" else contextlib.nullcontext()
+        with precision:
             text = model.encode_class_prompts(self.names)
             logits = self.forward(video, text)
             loss, parts = msta_loss(
