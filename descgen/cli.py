@@ -13,7 +13,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from descgen import cli_audit, cli_generate
+from descgen import cli_audit, cli_batch, cli_generate
 from descgen.errors import DescgenError
 
 INTERRUPTED_EXIT = 130
@@ -60,6 +60,10 @@ def build_app() -> typer.Typer:
     app.add_typer(prompts_app, name="prompts")
     for name, func in cli_audit.COMMANDS.items():
         app.command(name)(func)
+    batch_app = typer.Typer(help="Batches: status, collect, cancel.", no_args_is_help=True)
+    for name, func in cli_batch.COMMANDS.items():
+        batch_app.command(name)(func)
+    app.add_typer(batch_app, name="batch")
     return app
 
 

@@ -19,7 +19,19 @@ from descgen.backends import Backend, BackendError, Request, Response, create_ba
 from descgen.plan import DEFAULT_CACHE, DEFAULT_N, GenerateInputError, Plan, plan
 from descgen.store import Store, StoreError
 
-__all__ = ["GenerateInputError", "Summary", "execute", "generate", "open_backend", "open_store", "run_plan"]
+__all__ = [
+    "GenerateInputError",
+    "Recorder",
+    "Summary",
+    "execute",
+    "generate",
+    "make_request",
+    "open_backend",
+    "open_store",
+    "plan_messages",
+    "request_row",
+    "run_plan",
+]
 
 MAX_LISTED_FAILURES = 20
 
@@ -337,6 +349,33 @@ class _Execution:
     def close(self) -> None:
         if self.bar:
             self.bar.close()
+
+
+class Recorder:
+    """Validates and stores answers that arrive from elsewhere (a batch output): one round of one set."""
+
+    def __init__(
+        self,
+        p: Plan,
+        store: Store,
+        dset: Any,
+        known: dict[str, tuple[int, list[dict[str, str]]]],
+        round_: int,
+        rows: dict[str, dict[str, Any]],
+    ):
+        self.summary = Summary.of(p)
+        self._run = _Execution(p, store, dset, self.summary, None, known)
+        self._round = _Round(round_, round_ >= p.max_invalid, rows)
+
+    def record(self, resp: Response, provenance: dict[str, Any]) -> str:
+        """Store one answer like the online path; its status ("ok", "invalid" or "error")."""
+        before = (self.summary.done, self.summary.invalid)
+        self._round.provenance[resp.key] = provenance
+        self._round.reported.discard(resp.key)
+        self._run.on_done(self._round, resp)
+        if self.summary.done > before[0]:
+            return "ok"
+        return "invalid" if self.summary.invalid > before[1] else "error"
 
 
 def plan_messages(p: Plan) -> dict[str, list[dict[str, str]]]:

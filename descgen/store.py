@@ -945,10 +945,19 @@ class Store:
         )
         return [r["batch_id"] for r in rows]
 
-    def stored_batch_lines(self, batch_id: str) -> set[str]:
-        """The custom ids of a batch whose output line is stored already."""
-        rows = self.db.query("SELECT custom_id FROM generations WHERE batch_id = ?", [batch_id])
-        return {r["custom_id"] for r in rows}
+    def stored_batch_lines(self, batch_id: str) -> dict[str, str]:
+        """{custom id: status} of the lines of a batch stored already."""
+        rows = self.db.query("SELECT custom_id, status FROM generations WHERE batch_id = ?", [batch_id])
+        return {r["custom_id"]: r["status"] for r in rows}
+
+    def invalid_counts(self, set_id: str) -> dict[str, int]:
+        """{class name: invalid answers stored} of a set."""
+        rows = self.db.query(
+            "SELECT class_name, COUNT(*) AS n FROM generations WHERE set_id = ? AND status = 'invalid' "
+            "GROUP BY class_name",
+            [set_id],
+        )
+        return {r["class_name"]: r["n"] for r in rows}
 
     # ------------------------------------------------------------------ usage
     def usage(self) -> list[dict]:
