@@ -975,6 +975,19 @@ class Store:
             )
         )
 
+    def batch_usage(self) -> list[dict]:
+        """Tokens of the answers that came through a batch, per backend and model (batch prices apply)."""
+        if "batch_id" not in self.db["generations"].columns_dict:
+            return []
+        return list(
+            self.db.query(
+                "SELECT backend, model, COUNT(*) AS requests, "
+                "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
+                "COALESCE(SUM(completion_tokens), 0) AS completion_tokens "
+                "FROM generations WHERE batch_id IS NOT NULL GROUP BY backend, model ORDER BY backend, model"
+            )
+        )
+
     def failures_by_reason(self) -> list[dict]:
         return list(
             self.db.query(

@@ -90,3 +90,15 @@ def test_collect_file_that_matches_nothing(tmp_path: Path) -> None:
     assert r.returncode == 2 and "matches a request" in r.stderr
     r = invoke_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(tmp_path / "nope"))
     assert r.returncode == 2 and "cannot read" in r.stderr
+
+
+def test_batch_usage_counts_only_batch_answers(tmp_path: Path) -> None:
+    assert _write(tmp_path, _classes(tmp_path, 2)).returncode == 0
+    out = _run_batch(tmp_path, {})
+    assert (
+        invoke_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(out)).returncode == 0
+    )
+    with Store(tmp_path / "c.db", readonly=True) as st:
+        (row,) = st.batch_usage()
+        assert (row["backend"], row["model"], row["requests"]) == ("vllm", "tiny-model", 2)
+        assert row["prompt_tokens"] > 0

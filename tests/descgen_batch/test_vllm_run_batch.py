@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from descgen.llm_server import DEFAULT_ENV
 from descgen.store import Store
 from tests.descgen.conftest import invoke_cli
 from tests.integration.conftest import MODELS_DIR, REPO
@@ -40,12 +41,11 @@ def test_real_run_batch_output_is_collected(tmp_path: Path) -> None:
     r = invoke_cli("generate", "--classes", str(classes), "--cache", str(cache), "--backend", "vllm",
                    "--model", str(model), "--max-tokens", "64", "--batch-file", str(src))  # fmt: skip
     assert r.returncode == 0, r.output
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
+    env = {**DEFAULT_ENV, **{k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}}
     cmd = [str(python), "-m", "vllm.entrypoints.openai.run_batch", "-i", str(src), "-o", str(out),
            "--model", str(model), "--enforce-eager", "--max-model-len", "2048"]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=840)
-    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.returncode == 0, "\n".join(x for x in run.stderr.splitlines() if "Error" in x)[-4000:]
     lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
     assert len(lines) == 3 and all(x["response"]["status_code"] == 200 for x in lines)
     r = invoke_cli("batch", "collect", "--cache", str(cache), "--file", str(out))
