@@ -125,13 +125,18 @@ def split_lines(
 
 
 def _prepare(store: Store, p: Plan) -> list[str]:
-    """Store the prompt and set; the classes to put in a new batch (not complete, not in flight)."""
+    """Store the prompt and set; the classes to put in a new batch (not complete, not in an API batch).
+
+    Classes of an uncollected batch file are written again: that file may be lost or abandoned.
+    """
     store.ensure_prompt(p.prompt.fingerprint, p.prompt.name, p.prompt.version, p.prompt.canonical)
     dset = store.ensure_set(p.classes.name, p.prompt.fingerprint, p.backend, p.model, p.params, p.n)
     if dset.id != p.set_id:
         raise RuntimeError(f"the cache gave set {dset.id} for the planned set {p.set_id}")
     in_flight = set()
     for b in store.list_batches(uncollected=True):
+        if b["kind"] != "api":
+            continue
         in_flight |= {
             r["class_name"] for r in store.batch_requests(b["id"]).values() if r["set_id"] == p.set_id
         }

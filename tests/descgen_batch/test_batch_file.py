@@ -102,3 +102,16 @@ def test_batch_usage_counts_only_batch_answers(tmp_path: Path) -> None:
         (row,) = st.batch_usage()
         assert (row["backend"], row["model"], row["requests"]) == ("vllm", "tiny-model", 2)
         assert row["prompt_tokens"] > 0
+
+
+def test_writing_the_file_again_before_collecting_keeps_every_request(tmp_path: Path) -> None:
+    classes = _classes(tmp_path, 3)
+    assert _write(tmp_path, classes).returncode == 0
+    first = (tmp_path / "in.jsonl").read_text()
+    r = _write(tmp_path, classes)
+    assert r.returncode == 0 and "3 requests written" in r.stdout
+    assert (tmp_path / "in.jsonl").read_text() == first
+    r = invoke_cli(
+        "batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(_run_batch(tmp_path, {}))
+    )
+    assert r.returncode == 0 and "3 lines stored" in r.stdout, r.output
