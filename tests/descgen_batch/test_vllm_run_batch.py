@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from descgen.llm_server import DEFAULT_ENV
+from descgen.llm_server import DEFAULT_ENV, cpu_default_args
 from descgen.store import Store
 from tests.descgen.conftest import invoke_cli
 from tests.integration.conftest import MODELS_DIR, REPO
@@ -43,11 +43,12 @@ def test_real_run_batch_output_is_collected(tmp_path: Path) -> None:
     assert r.returncode == 0, r.output
     env = {**DEFAULT_ENV, **{k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}}
     cmd = [str(python), "-m", "vllm.entrypoints.openai.run_batch", "-i", str(src), "-o", str(out),
-           "--model", str(model), "--enforce-eager", "--max-model-len", "2048"]  # fmt: skip
+           "--model", str(model), "--enforce-eager", "--max-model-len", "2048", *cpu_default_args([])]  # fmt: skip
+    # (on the CPU, seeded requests need whole-prompt scheduling: --no-enable-chunked-prefill)
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=840)
     assert run.returncode == 0, "\n".join(x for x in run.stderr.splitlines() if "Error" in x)[-4000:]
     lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
-    assert len(lines) == 3 and all(x["response"]["status_code"] == 200 for x in lines)
+    assert len(lines) == 3 and all(x["response"]["status_code"] == 200 for x in lines), run.stdout[-6000:]
     r = invoke_cli("batch", "collect", "--cache", str(cache), "--file", str(out))
     assert "3 lines stored" in r.stdout, r.output
     with Store(cache, readonly=True) as st:
