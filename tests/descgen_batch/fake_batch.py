@@ -202,74 +202,79 @@ def _multipart(headers: Any, body: bytes) -> dict[str, tuple[str | None, bytes]]
 
 
 def _handler(fake: FakeBatchAPI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    return type("Handler", (_Handler,), {"fake": fake})
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
 
-        def _send(self, status: int, body: Any, raw: bytes | None = None) -> None:
-            data = raw if raw is not None else json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header(
-                "Content-Type", "application/octet-stream" if raw is not None else "application/json"
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeBatchAPI
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: Any, raw: bytes | None = None) -> None:
+        data = raw if raw is not None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header(
+            "Content-Type", "application/octet-stream" if raw is not None else "application/json"
+        )
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        if self.headers.get("Authorization") != f"Bearer {self.fake.api_key}":
+            self._send(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
+            return False
+        return True
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def do_GET(self) -> None:
+        fake = self.fake
+        if not self._authorized():
+            return
+        parts = self.path.split("?")[0].strip("/").split("/")  # v1, files|batches, id, [content]
+        if parts[1] == "files" and parts[2] in fake.files:
+            if len(parts) == 4:
+                fake.downloads += 1
+                return self._send(200, None, raw=fake.files[parts[2]]["data"])
+            return self._send(200, fake.file_object(parts[2]))
+        if parts[1] == "batches" and parts[2] in fake.batches:
+            return self._send(200, fake.batch_object(parts[2]))
+        self._send(404, {"error": {"message": f"no such object {self.path}"}})
+
+    def do_POST(self) -> None:
+        fake = self.fake
+        body = self._body()
+        if not self._authorized():
+            return
+        parts = self.path.strip("/").split("/")
+        if parts[1] == "files":
+            form = _multipart(self.headers, body)
+            return self._send(
+                200, fake.add_file(form["file"][1], form["purpose"][1].decode(), form["file"][0])
             )
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+        if parts[1] == "batches" and len(parts) == 2:
+            req = json.loads(body)
+            if req.get("input_file_id") not in fake.files:
+                return self._send(400, {"error": {"message": "no such input file"}})
+            return self._send(200, fake.create_batch(req))
+        if parts[1] == "batches" and parts[-1] == "cancel" and parts[2] in fake.batches:
+            return self._send(200, fake.cancel_batch(parts[2]))
+        if parts[1:] == ["chat", "completions"]:
+            return self._chat(json.loads(body))
+        self._send(404, {"error": {"message": f"no route {self.path}"}})
 
-        def _authorized(self) -> bool:
-            if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
-                self._send(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
-                return False
-            return True
-
-        def _body(self) -> bytes:
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-        def do_GET(self) -> None:
-            if not self._authorized():
-                return
-            parts = self.path.split("?")[0].strip("/").split("/")  # v1, files|batches, id, [content]
-            if parts[1] == "files" and parts[2] in fake.files:
-                if len(parts) == 4:
-                    fake.downloads += 1
-                    return self._send(200, None, raw=fake.files[parts[2]]["data"])
-                return self._send(200, fake.file_object(parts[2]))
-            if parts[1] == "batches" and parts[2] in fake.batches:
-                return self._send(200, fake.batch_object(parts[2]))
-            self._send(404, {"error": {"message": f"no such object {self.path}"}})
-
-        def do_POST(self) -> None:
-            body = self._body()
-            if not self._authorized():
-                return
-            parts = self.path.strip("/").split("/")
-            if parts[1] == "files":
-                form = _multipart(self.headers, body)
-                return self._send(
-                    200, fake.add_file(form["file"][1], form["purpose"][1].decode(), form["file"][0])
-                )
-            if parts[1] == "batches" and len(parts) == 2:
-                req = json.loads(body)
-                if req.get("input_file_id") not in fake.files:
-                    return self._send(400, {"error": {"message": "no such input file"}})
-                return self._send(200, fake.create_batch(req))
-            if parts[1] == "batches" and parts[-1] == "cancel" and parts[2] in fake.batches:
-                return self._send(200, fake.cancel_batch(parts[2]))
-            if parts[1:] == ["chat", "completions"]:
-                return self._chat(json.loads(body))
-            self._send(404, {"error": {"message": f"no route {self.path}"}})
-
-        def _chat(self, req: dict) -> None:
-            problem = _check_body(req)
-            if problem:
-                return self._send(400, {"error": {"message": problem}})
-            name = _class_name(req["messages"])
-            action = fake.chat_action(name)
-            if action == "hang":
-                time.sleep(30)
-            n = req["response_format"]["json_schema"]["schema"]["properties"]["spatial"].get("minItems", 2)
-            self._send(200, _completion(req, _content(action, name, n)))
-
-    return Handler
+    def _chat(self, req: dict) -> None:
+        fake = self.fake
+        problem = _check_body(req)
+        if problem:
+            return self._send(400, {"error": {"message": problem}})
+        name = _class_name(req["messages"])
+        action = fake.chat_action(name)
+        if action == "hang":
+            time.sleep(30)
+        n = req["response_format"]["json_schema"]["schema"]["properties"]["spatial"].get("minItems", 2)
+        self._send(200, _completion(req, _content(action, name, n)))
