@@ -13,7 +13,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from descgen import cli_audit, cli_generate, cli_serve
+from descgen import cli_audit, cli_batch, cli_generate, cli_serve
 from descgen.errors import DescgenError
 
 INTERRUPTED_EXIT = 130
@@ -61,6 +61,10 @@ def build_app() -> typer.Typer:
     for name, func in cli_audit.COMMANDS.items():
         app.command(name)(func)
     app.command("serve", context_settings=cli_serve.CONTEXT_SETTINGS)(cli_serve.serve)
+    batch_app = typer.Typer(help="Batches: status, collect, cancel.", no_args_is_help=True)
+    for name, func in cli_batch.COMMANDS.items():
+        batch_app.command(name)(func)
+    app.add_typer(batch_app, name="batch")
     return app
 
 

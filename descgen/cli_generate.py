@@ -40,6 +40,13 @@ ForceOpt = _O(False, "--force", help="Request every class again and replace its 
 DryRunOpt = _O(False, "--dry-run", help="Print the plan and write nothing.")
 JsonOpt = _O(False, "--json", help="With --dry-run: print the plan as one JSON object.")
 VllmOpt = _O(None, "--vllm-opt", help="KEY=VALUE passed to the vllm engine (repeatable).")
+BatchOpt = _O(
+    False, "--batch", help="Submit the missing requests to the Batch API (half price, within 24 h)."
+)
+WaitOpt = _O(False, "--wait", help="With --batch: poll until the batches finish, then collect them.")
+BatchFileOpt = _O(
+    None, "--batch-file", help="Write the missing requests as a JSONL batch file (for vLLM's run_batch)."
+)
 
 
 def generate(
@@ -63,6 +70,9 @@ def generate(
     dry_run: bool = DryRunOpt,
     as_json: bool = JsonOpt,
     vllm_opt: list[str] | None = VllmOpt,
+    batch: bool = BatchOpt,
+    wait: bool = WaitOpt,
+    batch_file: Path | None = BatchFileOpt,
 ) -> None:
     """Write N spatial and N temporal descriptions per class into the cache (re-runs cost nothing)."""
     from descgen.generate import Summary, run_plan
@@ -71,6 +81,10 @@ def generate(
     vllm_options = parse_options(vllm_opt)
     if as_json and not dry_run:
         raise DescgenError("--json needs --dry-run (it prints the plan)")
+    if wait and not batch:
+        raise DescgenError("--wait needs --batch")
+    if batch and batch_file is not None:
+        raise DescgenError("--batch and --batch-file exclude each other")
     p = plan(
         dataset=dataset,
         classes_file=classes,
@@ -87,13 +101,46 @@ def generate(
         force=force,
     )
     if dry_run:
-        text = p.to_json() if as_json else "\n".join([*p.text_lines(), Summary.of(p, dry_run=True).line()])
-        typer.echo(text)
+        _dry_run(p, as_json, Summary.of(p, dry_run=True).line())
         return
     options = dict(base_url=base_url, concurrency=concurrency, timeout=timeout, max_attempts=max_attempts)
+    if batch or batch_file is not None:
+        _batch(p, options, wait, batch_file)
+        return
     summary = run_plan(p, {**options, "vllm_options": vllm_options}, progress=True, out=sys.stderr)
     typer.echo(summary.line())
     raise typer.Exit(summary.exit_code)
+
+
+def _dry_run(p, as_json: bool, summary_line: str) -> None:
+    """Print the plan with its token and cost estimate."""
+    import json
+
+    from descgen.batch import estimate, estimate_lines
+
+    est = estimate(p)
+    if as_json:
+        typer.echo(json.dumps({**p.to_dict(), "estimate": est}, sort_keys=True, ensure_ascii=False))
+    else:
+        typer.echo("\n".join([*p.text_lines(), *estimate_lines(est), summary_line]))
+
+
+def _batch(p, options: dict, wait: bool, batch_file: Path | None) -> None:
+    """``--batch`` (submit, and with --wait collect) or ``--batch-file`` (write the file)."""
+    from descgen.batch import generate_batch, generate_batch_file
+
+    if batch_file is not None:
+        batch_id, count = generate_batch_file(p, batch_file)
+        where = f"batch {batch_id}" if count else "nothing to request"
+        typer.echo(f"{p.classes.name}: {count} requests written to {batch_file} ({where}); after "
+                   f"`python -m vllm.entrypoints.openai.run_batch -i {batch_file} -o OUT --model {p.model}` "
+                   f"run `descgen batch collect --cache {p.cache} --file OUT`")  # fmt: skip
+        return
+    ids, summary = generate_batch(p, options, wait=wait, out=sys.stderr)
+    typer.echo(f"{p.classes.name}: {len(ids)} batches submitted ({', '.join(ids) or 'nothing to request'})")
+    if summary is not None:
+        typer.echo(summary.line())
+        raise typer.Exit(summary.exit_code)
 
 
 def datasets_cmd(

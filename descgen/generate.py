@@ -19,7 +19,19 @@ from descgen.backends import Backend, BackendError, Request, Response, create_ba
 from descgen.plan import DEFAULT_CACHE, DEFAULT_N, GenerateInputError, Plan, plan
 from descgen.store import Store, StoreError
 
-__all__ = ["GenerateInputError", "Summary", "execute", "generate", "open_backend", "open_store", "run_plan"]
+__all__ = [
+    "GenerateInputError",
+    "Recorder",
+    "Summary",
+    "execute",
+    "generate",
+    "make_request",
+    "open_backend",
+    "open_store",
+    "plan_messages",
+    "request_row",
+    "run_plan",
+]
 
 MAX_LISTED_FAILURES = 20
 
@@ -190,10 +202,19 @@ def generate(
 # ---------------------------------------------------------------------- execution
 
 
-def execute(p: Plan, backend: Backend, store: Store, progress: bool = False) -> Summary:
+def execute(
+    p: Plan,
+    backend: Backend,
+    store: Store,
+    progress: bool = False,
+    start_round: int = 0,
+    known: dict[str, tuple[int, list[dict[str, str]]]] | None = None,
+) -> Summary:
     """Request every class of ``p.to_send`` from ``backend``, validate and store each answer.
 
     An invalid answer is requested again with the next seed, up to ``p.max_invalid`` times.
+    ``start_round`` > 0 continues after rounds sent elsewhere (a batch); ``known`` gives, per class,
+    its class id and messages as already sent (then ``p.classes`` need not hold every class).
     """
     t0 = time.perf_counter()
     summary = Summary.of(p)
@@ -201,10 +222,10 @@ def execute(p: Plan, backend: Backend, store: Store, progress: bool = False) -> 
     dset = store.ensure_set(p.classes.name, p.prompt.fingerprint, p.backend, p.model, p.params, p.n)
     if dset.id != p.set_id:
         raise RuntimeError(f"the cache gave set {dset.id} for the planned set {p.set_id}")
-    run = _Execution(p, store, dset, summary, _Progress(len(p.to_send)) if progress else None)
+    run = _Execution(p, store, dset, summary, _Progress(len(p.to_send)) if progress else None, known)
     try:
         pending = list(p.to_send)
-        for round_ in range(p.max_invalid + 1):
+        for round_ in range(start_round, p.max_invalid + 1):
             if not pending:
                 break
             pending = run.round(backend, pending, round_)
@@ -223,33 +244,35 @@ class _Round:
     rows: dict[str, dict[str, Any]]  # class name -> the request as stored
     retry: list[str] = field(default_factory=list)
     reported: set[str] = field(default_factory=set)
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)  # class name -> extra columns
 
 
 class _Execution:
     """Sends rounds of requests and records each response as it arrives."""
 
-    def __init__(self, p: Plan, store: Store, dset: Any, summary: Summary, bar: _Progress | None):
+    def __init__(
+        self,
+        p: Plan,
+        store: Store,
+        dset: Any,
+        summary: Summary,
+        bar: _Progress | None,
+        known: dict[str, tuple[int, list[dict[str, str]]]] | None = None,
+    ):
         from descgen.validate import Limits  # pydantic: only when needed
 
         self.plan, self.store, self.dset, self.summary, self.bar = p, store, dset, summary, bar
         self.limits = Limits(n=p.n, min_chars=p.prompt.min_chars, max_chars=p.prompt.max_chars)
         self.schema = p.prompt.schema(p.n)
-        self.index = {name: i for i, name in enumerate(p.classes.names)}
-        c = p.classes
-        self.messages = {name: p.prompt.messages(c.name, c.description, name, p.n) for name in p.to_send}
+        if known is not None:
+            self.index = {name: cid for name, (cid, _) in known.items()}
+            self.messages = {name: msgs for name, (_, msgs) in known.items()}
+        else:
+            self.index = {name: i for i, name in enumerate(p.classes.names)}
+            self.messages = plan_messages(p)
 
     def request(self, name: str, round_: int) -> Request:
-        params = self.plan.params
-        return Request(
-            key=name,
-            messages=self.messages[name],
-            schema=self.schema,
-            schema_name=self.plan.prompt.schema_name,
-            temperature=params["temperature"],
-            max_tokens=params["max_tokens"],
-            seed=params["seed"] + round_,  # a new seed for each retry of an invalid answer
-            top_p=params["top_p"],
-        )
+        return make_request(self.plan, name, self.messages[name], self.schema, round_)
 
     def round(self, backend: Backend, pending: list[str], number: int) -> list[str]:
         """Send one request per pending class; return the classes to request again."""
@@ -279,6 +302,7 @@ class _Execution:
             "prompt_tokens": resp.prompt_tokens,
             "completion_tokens": resp.completion_tokens,
             "latency_s": resp.latency_s,
+            **rnd.provenance.get(name, {}),
         }
         if resp.error is not None:
             reason = scrub_secrets(resp.error) or "error"
@@ -325,6 +349,61 @@ class _Execution:
     def close(self) -> None:
         if self.bar:
             self.bar.close()
+
+
+class Recorder:
+    """Validates and stores answers that arrive from elsewhere (a batch output): one round of one set."""
+
+    def __init__(
+        self,
+        p: Plan,
+        store: Store,
+        dset: Any,
+        known: dict[str, tuple[int, list[dict[str, str]]]],
+        round_: int,
+        rows: dict[str, dict[str, Any]],
+    ):
+        self.summary = Summary.of(p)
+        self._run = _Execution(p, store, dset, self.summary, None, known)
+        self._round = _Round(round_, round_ >= p.max_invalid, rows)
+
+    def record(self, resp: Response, provenance: dict[str, Any]) -> str:
+        """Store one answer like the online path; its status ("ok", "invalid" or "error")."""
+        before = (self.summary.done, self.summary.invalid)
+        self._round.provenance[resp.key] = provenance
+        self._round.reported.discard(resp.key)
+        self._run.on_done(self._round, resp)
+        if self.summary.done > before[0]:
+            return "ok"
+        return "invalid" if self.summary.invalid > before[1] else "error"
+
+
+def plan_messages(p: Plan) -> dict[str, list[dict[str, str]]]:
+    """The rendered messages of every class the plan sends."""
+    c = p.classes
+    return {name: p.prompt.messages(c.name, c.description, name, p.n) for name in p.to_send}
+
+
+def make_request(
+    p: Plan, name: str, messages: list[dict[str, str]], schema: dict[str, Any], round_: int
+) -> Request:
+    """The request of one class in one round (a new seed for each retry of an invalid answer)."""
+    params = p.params
+    return Request(
+        key=name,
+        messages=messages,
+        schema=schema,
+        schema_name=p.prompt.schema_name,
+        temperature=params["temperature"],
+        max_tokens=params["max_tokens"],
+        seed=params["seed"] + round_,
+        top_p=params["top_p"],
+    )
+
+
+def request_row(r: Request) -> dict[str, Any]:
+    """A request as the cache stores it."""
+    return _request_row(r)
 
 
 def _request_row(r: Request) -> dict[str, Any]:

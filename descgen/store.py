@@ -204,9 +204,57 @@ def _one_answer_per_class(db: sqlite_utils.Database) -> None:
     )
 
 
+def _batch_bookkeeping(db: sqlite_utils.Database) -> None:
+    """Batches sent to a batch API or written as a batch file, their requests, and line provenance."""
+    db["batches"].create(
+        {
+            "id": str,  # the provider's batch id, or "file:<sha256>" for a batch file
+            "kind": str,  # "api" or "file"
+            "backend": str,
+            "model": str,
+            "input_file_id": str,
+            "output_file_id": str,
+            "error_file_id": str,
+            "path": str,
+            "status": str,
+            "requests": int,
+            "completed": int,
+            "failed": int,
+            "created_at": float,
+            "updated_at": float,
+            "collected_at": float,
+        },
+        pk="id",
+        not_null={"kind", "backend", "model", "status"},
+    )
+    db["batch_requests"].create(
+        {
+            "batch_id": str,
+            "custom_id": str,
+            "set_id": str,
+            "class_name": str,
+            "class_id": int,
+            "round": int,
+            "request": str,
+        },
+        pk=("batch_id", "custom_id"),
+        foreign_keys=[("batch_id", "batches", "id"), ("set_id", "sets", "id")],
+        not_null={"set_id", "class_name", "round", "request"},
+    )
+    db["batch_requests"].create_index(["custom_id"])
+    db["generations"].add_column("batch_id", str)
+    db["generations"].add_column("custom_id", str)
+    db["generations"].add_column("batch_line", str)
+    db.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS idx_generations_batch_line ON generations (batch_id, custom_id) "
+        "WHERE batch_id IS NOT NULL"
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial_schema),
     Migration(2, "one ok answer per class", _one_answer_per_class),
+    Migration(3, "batch bookkeeping", _batch_bookkeeping),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -582,6 +630,9 @@ class Store:
             "prompt_tokens",
             "completion_tokens",
             "latency_s",
+            "batch_id",
+            "custom_id",
+            "batch_line",
         }
         unknown = set(fields) - allowed
         if unknown:
@@ -611,6 +662,9 @@ class Store:
         if fields.get("status") == "ok":
             raise ValueError("use record_success for a valid answer")
         with self.transaction():
+            stored = self._batch_line_generation(fields)
+            if stored is not None:
+                return stored
             return self._insert_generation(set_, class_name, fields)
 
     def record_success(
@@ -631,6 +685,9 @@ class Store:
         with status 'superseded' (its tokens still count in the usage report).
         """
         with self.transaction():
+            stored = self._batch_line_generation(fields)
+            if stored is not None:
+                return stored
             if not replace and self._has_answer(set_.id, class_name):
                 return self._insert_generation(set_, class_name, {**fields, "status": "superseded"})
             fields = {**fields, "status": "ok"}
@@ -653,6 +710,16 @@ class Store:
                         [set_.id, class_name, kind, i, text, text_hash(text), phrase, gid],
                     )
             return gid
+
+    def _batch_line_generation(self, fields: dict) -> int | None:
+        """The generation already stored for this batch output line, if any (collecting is idempotent)."""
+        if fields.get("batch_id") is None:
+            return None
+        row = self.conn.execute(
+            "SELECT id FROM generations WHERE batch_id = ? AND custom_id = ?",
+            [fields["batch_id"], fields.get("custom_id")],
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def _has_answer(self, set_id: str, class_name: str) -> bool:
         row = self.conn.execute(
@@ -826,6 +893,72 @@ class Store:
             )
         )
 
+    # ------------------------------------------------------------------ batches
+    def add_batch(self, batch: dict, requests: Iterable[dict]) -> None:
+        """Record a submitted batch (or written batch file) and its requests in one transaction."""
+        now = _now()
+        row = {"created_at": now, "updated_at": now, **batch}
+        with self.transaction():
+            self.db["batches"].insert(row, replace=True)
+            self.db["batch_requests"].insert_all(
+                ({"batch_id": row["id"], **r} for r in requests), replace=True
+            )
+
+    def update_batch(self, batch_id: str, **fields: Any) -> None:
+        allowed = {"status", "output_file_id", "error_file_id", "completed", "failed", "collected_at", "path"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown batch fields: {sorted(unknown)}")
+        with self.transaction():
+            self.db["batches"].update(batch_id, {**fields, "updated_at": _now()})
+
+    def _has_batches(self) -> bool:
+        return "batches" in self.db.table_names()
+
+    def get_batch(self, batch_id: str) -> dict | None:
+        if not self._has_batches():
+            return None
+        rows = list(self.db.query("SELECT * FROM batches WHERE id = ?", [batch_id]))
+        return rows[0] if rows else None
+
+    def list_batches(self, uncollected: bool = False) -> list[dict]:
+        if not self._has_batches():
+            return []
+        sql = "SELECT * FROM batches"
+        if uncollected:
+            sql += " WHERE collected_at IS NULL"
+        return list(self.db.query(sql + " ORDER BY created_at, id"))
+
+    def batch_requests(self, batch_id: str) -> dict[str, dict]:
+        """{custom_id: request row} of a batch."""
+        rows = self.db.query("SELECT * FROM batch_requests WHERE batch_id = ?", [batch_id])
+        return {r["custom_id"]: r for r in rows}
+
+    def batches_of_request(self, custom_id: str) -> list[str]:
+        """The batches (newest first) that hold a request with this custom id."""
+        if not self._has_batches():
+            return []
+        rows = self.db.query(
+            "SELECT r.batch_id FROM batch_requests r JOIN batches b ON b.id = r.batch_id "
+            "WHERE r.custom_id = ? ORDER BY b.created_at DESC",
+            [custom_id],
+        )
+        return [r["batch_id"] for r in rows]
+
+    def stored_batch_lines(self, batch_id: str) -> dict[str, str]:
+        """{custom id: status} of the lines of a batch stored already."""
+        rows = self.db.query("SELECT custom_id, status FROM generations WHERE batch_id = ?", [batch_id])
+        return {r["custom_id"]: r["status"] for r in rows}
+
+    def invalid_counts(self, set_id: str) -> dict[str, int]:
+        """{class name: invalid answers stored} of a set."""
+        rows = self.db.query(
+            "SELECT class_name, COUNT(*) AS n FROM generations WHERE set_id = ? AND status = 'invalid' "
+            "GROUP BY class_name",
+            [set_id],
+        )
+        return {r["class_name"]: r["n"] for r in rows}
+
     # ------------------------------------------------------------------ usage
     def usage(self) -> list[dict]:
         """Requests, tokens and failures per backend and model."""
@@ -839,6 +972,19 @@ class Store:
                 "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, "
                 "COALESCE(SUM(latency_s), 0) AS latency_s "
                 "FROM generations GROUP BY backend, model ORDER BY backend, model"
+            )
+        )
+
+    def batch_usage(self) -> list[dict]:
+        """Tokens of the answers that came through a batch, per backend and model (batch prices apply)."""
+        if "batch_id" not in self.db["generations"].columns_dict:
+            return []
+        return list(
+            self.db.query(
+                "SELECT backend, model, COUNT(*) AS requests, "
+                "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
+                "COALESCE(SUM(completion_tokens), 0) AS completion_tokens "
+                "FROM generations WHERE batch_id IS NOT NULL GROUP BY backend, model ORDER BY backend, model"
             )
         )
 

@@ -271,19 +271,24 @@ class OpenAIBackend:
         return _parse_completion(req.key, raw.content, time.perf_counter() - t0)
 
     def _body(self, req: Request) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "messages": req.messages,
-            "temperature": req.temperature,
-            "top_p": req.top_p,
-            "max_completion_tokens": req.max_tokens,
-            "seed": req.seed,
-            "n": 1,
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": req.schema_name, "schema": req.schema, "strict": True},
-            },
-        }
+        return request_body(self.model, req)
+
+
+def request_body(model: str, req: Request) -> dict[str, Any]:
+    """The chat-completions body of one request, structured output included (online and batch)."""
+    return {
+        "model": model,
+        "messages": req.messages,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "max_completion_tokens": req.max_tokens,
+        "seed": req.seed,
+        "n": 1,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": req.schema_name, "schema": req.schema, "strict": True},
+        },
+    }
 
 
 def _parse_completion(key: str, content: bytes, latency: float) -> Response:
@@ -325,3 +330,14 @@ def _error_detail(exc: Any) -> str:
             return err[:300]
     msg = getattr(exc, "message", None) or str(exc)
     return str(msg)[:300]
+
+
+def completion_response(key: str, body: Any) -> Response:
+    """A chat-completion body (already parsed, e.g. from a batch output line) as a Response.
+
+    Raises ValueError when it is not a chat completion.
+    """
+    try:
+        return _parse_completion(key, json.dumps(body).encode("utf-8"), 0.0)
+    except _Retryable as exc:
+        raise ValueError(str(exc)) from None
