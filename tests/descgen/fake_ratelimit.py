@@ -66,6 +66,7 @@ class RateLimitedOpenAI(FakeOpenAI):
         }
         self.ok = 0
         self.limited = 0
+        self.tokens_used = 0.0
         self.first_ok: float | None = None
         self.last_ok: float | None = None
 
@@ -85,6 +86,7 @@ class RateLimitedOpenAI(FakeOpenAI):
             if ok:
                 req.level -= 1
                 tok.level -= tokens
+                self.tokens_used += tokens
                 self.ok += 1
                 self.first_ok = now if self.first_ok is None else self.first_ok
                 self.last_ok = now
@@ -97,8 +99,14 @@ class RateLimitedOpenAI(FakeOpenAI):
             return ok, headers
 
     def stats(self) -> dict[str, Any]:
+        """Counts, and the request rate and burst the limits allow for requests of the mean cost."""
         with self._lock:
+            req, tok = self.buckets["requests"], self.buckets["tokens"]
+            per = self.tokens_used / self.ok if self.ok else 1.0
             return {
+                "allowed_rate": min(req.rate, tok.rate / per),
+                "burst": min(req.limit, tok.limit / per),
+                "tokens_used": int(self.tokens_used),
                 "requests": len(self.log),
                 "max_in_flight": self.max_in_flight,
                 "ok": self.ok,
