@@ -14,6 +14,7 @@ A server that sends none of these headers is never paced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
 DEFAULT_WINDOW_S = 60.0  # the budgets of the headers are per minute
 MAX_WAIT_S = 120.0
+FIRST_ANSWER_WAIT_S = 5.0  # the most the other requests wait for the first answer
 
 
 def parse_duration(value: Any) -> float | None:
@@ -148,7 +150,8 @@ class Pacer:
             if not self._answered.is_set() and self._pending["requests"] > 0:
                 # Nothing is known of the budgets until the first answer: a full burst of
                 # requests could meet an empty budget. One latency spent once.
-                await self._answered.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._answered.wait(), FIRST_ANSWER_WAIT_S)
             while True:
                 now = time.monotonic()
                 delay = max(self._buckets[d].wait(c, now) for d, c in cost.items())
