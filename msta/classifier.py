@@ -78,7 +78,7 @@ def description_embeddings(model, names: Sequence[str], cache: str, set_id: str 
     except MissingDescriptionsError as exc:
         raise TrainError(f"{exc} (classes: {', '.join(exc.classes)})") from None
     except DescgenDataError as exc:
-        raise TrainError(str(exc)) from None
+        raise TrainError(str(exc).replace("with --set ID", "with --set-id ID")) from None
     finally:
         store.close()
     return spatial, temporal, {"set": set_.id, "encoder": encoder.fingerprint, "cache": str(cache)}

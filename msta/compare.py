@@ -211,7 +211,7 @@ def _pct(v: float | None) -> str:
 
 
 def _cost(v: float | None) -> str:
-    return "?" if v is None else f"${v:.4f}"
+    return "?" if v is None else f"${v:.6f}"
 
 
 def _audit_text(s: dict[str, Any]) -> str:

@@ -105,6 +105,17 @@ def test_eval_zero_shot_with_descriptions(synth, two_sets, msta_cli):
     assert json.loads(plain.stdout)["splits"]["val"]["classifier"] == {"kind": "names"}
 
 
+def test_eval_asks_for_a_set_when_several_cover_the_classes(synth, two_sets, msta_cli):
+    cache, set_a, set_b = two_sets
+    res = msta_cli([
+        "eval", "--zero-shot", "-c", "synth", *synth_overrides(synth), "--split", str(synth / "val.txt"),
+        "--classes", str(synth / "classes.csv"), "--root", str(synth),
+        "--classifier", "descriptions", "--descriptions", str(cache),
+    ])  # fmt: skip
+    assert res.returncode == 2 and "--set-id ID" in res.stderr
+    assert set_a[:16] in res.stderr and set_b[:16] in res.stderr
+
+
 def test_eval_argument_errors(synth, msta_cli):
     res = msta_cli(["eval", "--zero-shot", "-c", "synth", "--classifier", "descriptions"])
     assert res.returncode == 2 and "--descriptions" in res.stderr
