@@ -9,6 +9,13 @@ the Python function and as a real ``descgen generate`` process.
 
     python bench/descgen_throughput.py            # 400 classes at 8 and 32, 50 classes at 1
     python bench/descgen_throughput.py --c1-classes 400
+
+With ``--rate-limit RPM,TPM`` the server enforces those per-minute limits (token buckets holding a
+minute's worth, refilled continuously, as the hosted API does) and reports them in the
+``x-ratelimit-*`` headers; the script then runs one job that outlasts the first minute's burst and
+reports the rate sustained after it, against the allowed rate, and the share of 429 answers:
+
+    python bench/descgen_throughput.py --rate-limit 600,1000000 --duration 40
 """
 
 from __future__ import annotations
@@ -34,9 +41,13 @@ from tests.descgen.fake_openai import DEFAULT_KEY  # noqa: E402
 class ServerProcess:
     """The loopback server of the tests, started as a separate process."""
 
-    def __init__(self, latency: float):
+    def __init__(self, latency: float, rate_limit: str | None = None):
+        cmd = [sys.executable, "-m", "tests.descgen.fake_openai", "--latency", str(latency)]
+        if rate_limit:
+            cmd = [sys.executable, "-m", "tests.descgen.fake_ratelimit", "--latency", str(latency)]
+            cmd += ["--rate-limit", rate_limit]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.descgen.fake_openai", "--latency", str(latency)],
+            cmd,
             stdout=subprocess.PIPE,
             text=True,
             cwd=REPO,
@@ -58,6 +69,9 @@ class ServerProcess:
 
     def count(self) -> int:
         return int(self._get("/_stats")["requests"])
+
+    def stats(self) -> dict:
+        return self._get("/_stats")
 
     @property
     def max_in_flight(self) -> int:
@@ -123,6 +137,45 @@ def _cached_runs(fake: ServerProcess, classes: Path, cache: Path, count: int) ->
     return rows
 
 
+def _rate_limited_run(args: argparse.Namespace, fake: ServerProcess, tmpdir: Path) -> None:
+    """One job of a minute's burst plus ``duration`` seconds at the allowed rate; the figures."""
+    rpm, tpm = (int(x) for x in args.rate_limit.split(","))
+    count = args.classes if args.classes_given else int(rpm + rpm / 60 * args.duration)
+    fake.reset_log()
+    t0 = time.perf_counter()
+    s = generate(
+        classes_file=_class_file(tmpdir, count),
+        dataset="bench",
+        cache=tmpdir / "limited.db",
+        base_url=fake.url,
+        model="fake-model",
+        concurrency=args.concurrency[-1],
+        timeout=30,
+    )
+    wall = time.perf_counter() - t0
+    st = fake.stats()
+    span = (st["last_ok"] or 0) - (st["first_ok"] or 0)
+    replies = st["ok"] + st["limited"]
+    tokens = st.get("tokens_used", 0)
+    print(f"descgen generate against a loopback server limited to {rpm} requests/min and {tpm} tokens/min")
+    print(
+        f"({args.latency * 1000:.0f} ms per request, concurrency {args.concurrency[-1]}, {os.cpu_count()} CPUs)"
+    )
+    print(f"classes {count}: {s.done} done, {s.failed} failed, wall {wall:.1f} s")
+    print(
+        f"answers {replies}: {st['ok']} ok, {st['limited']} 429 ({100 * st['limited'] / max(1, replies):.2f} %)"
+    )
+    if span > 0:
+        # After the first minute's burst (the full bucket), the server allows rpm/60 a second.
+        sustained = (st["ok"] - st["burst"]) / span
+        allowed = st["allowed_rate"]
+        print(
+            f"sustained after the burst: {sustained:.2f} requests/s of {allowed:.2f} allowed "
+            f"({100 * sustained / allowed:.1f} %), over {span:.1f} s; tokens used {tokens}"
+        )
+    assert s.done == count and s.failed == 0, s.line()
+
+
 def _print_table(args: argparse.Namespace, rows: list[tuple]) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
@@ -151,14 +204,18 @@ def _print_table(args: argparse.Namespace, rows: list[tuple]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--classes", type=int, default=400)
+    ap.add_argument("--classes", type=int, default=None, help="classes per run (default 400)")
     ap.add_argument("--c1-classes", type=int, default=50, help="classes for concurrency 1 (400 takes 80 s)")
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--rate-limit", default=None, metavar="RPM,TPM", help="a server with these limits")
+    ap.add_argument("--duration", type=float, default=40.0, help="seconds past the burst (--rate-limit)")
     args = ap.parse_args()
+    args.classes_given = args.classes is not None
+    args.classes = args.classes or 400
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, ServerProcess(args.latency) as fake:
+    with tempfile.TemporaryDirectory() as tmp, ServerProcess(args.latency, args.rate_limit) as fake:
         tmpdir = Path(tmp)
         os.environ["OPENAI_API_KEY"] = fake.api_key
         # Warm-up: imports (openai alone takes about a second) and the first connection.
@@ -169,6 +226,9 @@ def main() -> None:
             base_url=fake.url,
             model="fake-model",
         )
+        if args.rate_limit:
+            _rate_limited_run(args, fake, tmpdir)
+            return
         for conc in args.concurrency:
             count = args.c1_classes if conc == 1 else args.classes
             rows.append(_concurrency_run(fake, tmpdir, count, conc, args.latency))

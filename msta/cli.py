@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import typer
 
 from descgen.errors import DescgenError
-from msta import cli_data, cli_model, cli_report, cli_train
+from msta import cli_compare, cli_data, cli_model, cli_report, cli_train
 from msta.errors import MstaError
 
 app = typer.Typer(
@@ -52,6 +52,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 app.command("train")(user_errors(cli_train.train_command))
 app.command("eval")(user_errors(cli_train.eval_command))
 app.command("predict")(user_errors(cli_train.predict_command))
+app.command("compare")(user_errors(cli_compare.compare_command))
 app.command("params")(user_errors(cli_model.params_command))
 app.command("report")(user_errors(cli_report.report_command))
 app.command("sweep")(user_errors(cli_report.sweep_command))

@@ -33,7 +33,11 @@ def train_command(
 
 
 def eval_command(
-    run: str = typer.Argument(..., help="Run directory (run.out of a training run)."),
+    run: str | None = typer.Argument(None, help="Run directory (run.out of a training run)."),
+    zero_shot: bool = typer.Option(
+        False, "--zero-shot", help="Score the frozen backbone of --config (adapters off) instead of a run."
+    ),
+    config: list[str] = typer.Option([], "--config", "-c", help=_CONFIG_HELP + " With --zero-shot."),
     split: list[str] = typer.Option(
         [], "--split", help="Video list to evaluate instead of the configured ones (repeatable; mean ± std)."
     ),
@@ -52,28 +56,50 @@ def eval_command(
         None, "--views", help="CLIPSxCROPS, e.g. 1x1 (default: eval.views) or 4x3."
     ),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last, best or both."),
+    classifier: str = typer.Option(
+        "names",
+        "--classifier",
+        help="Class weights: names (the class prompts) or descriptions (prompt + description ensemble).",
+    ),
+    descriptions: str | None = typer.Option(
+        None, "--descriptions", "-d", help="Description cache (SQLite) for --classifier descriptions."
+    ),
+    set_id: str | None = typer.Option(
+        None, "--set-id", help="Description set (an id prefix; default: the one that covers the classes)."
+    ),
     overrides: list[str] = typer.Option([], "--set", help=_SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (top1, top5 in 0..1, ...)."),
     plots: bool = typer.Option(
         True, "--plots/--no-plots", help="Write the confusion-matrix and training-curve PNGs."
     ),
 ) -> None:
-    """Evaluate a run: top-1/top-5, per-class accuracy, base/novel/HM, mean ± std over splits."""
-    from msta.evaluate import compact, evaluate_run
+    """Evaluate a run (or, with --zero-shot, a backbone): top-1/top-5, per-class accuracy,
+    base/novel/HM, mean ± std over splits."""
+    from msta.classifier import ClassifierSpec
+    from msta.evaluate import compact, evaluate_run, evaluate_zero_shot
     from msta.run import check_device, run_config
 
-    check_device(run_config(run, overrides).run.device)
-    report = evaluate_run(
-        run,
-        splits=split,
-        views=views,
-        checkpoint=checkpoint,
-        classes=classes,
-        root=root,
-        overrides=overrides,
-        plots=plots,
-        target=target,
-    )
+    spec = ClassifierSpec(classifier, descriptions, set_id)
+    if zero_shot == (run is not None):
+        raise TrainError("give a run directory, or --zero-shot with --config (not both)")
+    if config and not zero_shot:
+        raise TrainError("--config is for --zero-shot; a run brings its own configuration (use --set)")
+    if zero_shot:
+        report = evaluate_zero_shot(config, overrides, split, classes, root, views, target, spec)
+    else:
+        check_device(run_config(run, overrides).run.device)
+        report = evaluate_run(
+            run,
+            splits=split,
+            views=views,
+            checkpoint=checkpoint,
+            classes=classes,
+            root=root,
+            overrides=overrides,
+            plots=plots,
+            target=target,
+            classifier=spec,
+        )
     if as_json:
         print(json.dumps(compact(report)))
         return
@@ -87,9 +113,11 @@ def _print_report(report: dict[str, Any]) -> None:
     console = Console()
     reports = report.get("checkpoints") or {report["checkpoint"]: report}
     for which, r in reports.items():
-        table = Table(
-            title=f"{which} checkpoint (epoch {r.get('epoch')}, step {r.get('global_step')}), views {r['views']}"
-        )
+        title = f"{which} checkpoint (epoch {r.get('epoch')}, step {r.get('global_step')})"
+        if which == "zero-shot":
+            title = "zero-shot backbone"
+        kind = (r.get("classifier") or {}).get("kind", "names")
+        table = Table(title=f"{title}, views {r['views']}, classifier {kind}")
         for col in ("split", "videos", "classes", "top-1", "top-5", "mean class acc."):
             table.add_column(col)
         for name, s in r["splits"].items():
@@ -112,7 +140,8 @@ def _print_report(report: dict[str, Any]) -> None:
             console.print(f"base {100 * b['base']:.2f}, novel {100 * b['novel']:.2f}, HM {100 * b['hm']:.2f}")
     first = next(iter(reports.values()))
     console.print(
-        f"top-1 {100 * first['top1']:.2f}, top-5 {100 * first['top5']:.2f} ({first['checkpoint']} checkpoint)"
+        f"top-1 {100 * first['top1']:.2f}, top-5 {100 * first['top5']:.2f} ({first['checkpoint']}"
+        f"{'' if first['checkpoint'] == 'zero-shot' else ' checkpoint'})"
     )
 
 

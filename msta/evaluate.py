@@ -1,7 +1,9 @@
 """Evaluation: top-1 / top-5, per-class accuracy, confusion matrix, multi-view, base-to-novel, splits.
 
 The class text features are computed for each evaluated class set, from the class names of that
-set, right before its videos are scored; nothing is cached across class sets. Multi-view scores sum
+set (``--classifier names``) or from them and their descriptions (``--classifier descriptions``,
+see :mod:`msta.classifier`), right before its videos are scored; nothing is cached across class
+sets. Without a run (``zero-shot``), the backbone of a configuration is scored with its adapters off. Multi-view scores sum
 the softmax over the views (clips x crops) of each video.
 """
 
@@ -15,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from msta import checkpoint as ckpt
+from msta.classifier import ClassifierSpec, class_weights
 from msta.config import Config, ConfigError, load_config
 from msta.plots import plot_confusion, plot_training_curve
 from msta.run import (
     TrainError,
     autocast,
+    build_seeded_model,
     check_labels,
     class_names,
     expand,
@@ -50,8 +54,10 @@ def evaluate_split(
     num_workers: int = 0,
     progress: Any = None,
     confusion: bool = True,
+    text=None,
 ) -> dict[str, Any]:
-    """Score every video of ``dataset`` against ``names``; the same result on every rank."""
+    """Score every video of ``dataset`` against ``names``; the same result on every rank.
+    ``text``: the class weights ``[C, D]`` (default: the class-prompt embeddings of ``names``)."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -67,7 +73,8 @@ def evaluate_split(
     skipped = 0
     try:
         with torch.no_grad(), autocast(env.device):
-            text = model.encode_class_prompts(list(names))  # recomputed for this class set
+            if text is None:
+                text = model.encode_class_prompts(list(names))  # recomputed for this class set
             indices = D.shard_indices(len(dataset), env)
             loader = DataLoader(
                 Subset(dataset, indices),
@@ -198,6 +205,7 @@ def evaluate_run(
     plots: bool = True,
     progress: bool = True,
     target: str | None = None,
+    classifier: ClassifierSpec | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's checkpoint(s) and write ``eval_{checkpoint}.json`` and the plots.
 
@@ -205,9 +213,12 @@ def evaluate_run(
     configured ones (labels index ``classes``, default ``data.classes``); several are averaged
     (mean and standard deviation). ``target``: a dataset preset whose zero-shot splits
     (``eval.zeroshot``, else its validation list) are evaluated, with videos under ``root``.
+    ``classifier``: how the class weights are built (default: the class names).
     """
     from msta import distributed as D
 
+    classifier = classifier or ClassifierSpec()
+    classifier.check()
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
     env = D.setup(cfg.run.device)
@@ -220,7 +231,7 @@ def evaluate_run(
         which_list = ["last", "best"] if checkpoint == "both" else [checkpoint]
         prepared = prepare_splits(cfg, specs)
         results = {
-            which: evaluate_checkpoint(run_dir, cfg, which, prepared, env, vc, view_str)
+            which: evaluate_checkpoint(run_dir, cfg, which, prepared, env, vc, view_str, classifier)
             for which in which_list
         }
         if env.is_main:
@@ -285,11 +296,29 @@ def evaluate_checkpoint(
     env,
     views: tuple[int, int],
     view_str: str,
+    classifier: ClassifierSpec | None = None,
 ) -> dict[str, Any]:
     """Score one checkpoint (``last`` or ``best``) on every prepared split."""
     import torch
 
     model, info = load_run_model(run_dir, cfg, which, env.device)
+    out_splits = score_splits(model, cfg, prepared, env, views, which, classifier)
+    del model
+    if env.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return _assemble(which, info, out_splits, view_str, classifier)
+
+
+def score_splits(
+    model,
+    cfg: Config,
+    prepared: Sequence[tuple[SplitSpec, list[str], list[Any]]],
+    env,
+    views: tuple[int, int],
+    label: str,
+    classifier: ClassifierSpec | None = None,
+) -> dict[str, Any]:
+    """Every prepared split scored by ``model`` with the class weights of ``classifier``."""
     bs = cfg.eval.batch_size or max(1, cfg.optim.batch_size // max(1, views[0] * views[1]))
     out_splits: dict[str, Any] = {}
     for sp, names, items in prepared:
@@ -302,23 +331,57 @@ def evaluate_checkpoint(
             root=sp.root,
             stats=model.input_stats,
         )
-        res = evaluate_split(model, ds, names, env, batch_size=bs, num_workers=cfg.data.num_workers)
+        with autocast(env.device):
+            text, weights_info = class_weights(model, names, classifier)
+        res = evaluate_split(
+            model, ds, names, env, batch_size=bs, num_workers=cfg.data.num_workers, text=text
+        )
         res["list"] = expand(sp.list, cfg)
         res["classes"] = list(names)
         res["group"] = sp.group
+        res["classifier"] = weights_info
         out_splits[sp.name] = res
         if env.is_main:
             _console().print(
-                f"[{which}] {sp.name}: top-1 {res['top1']:.4f}, top-5 {res['top5']:.4f} "
+                f"[{label}] {sp.name}: top-1 {res['top1']:.4f}, top-5 {res['top5']:.4f} "
                 f"({res['n']} videos, {len(names)} classes)",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,
             )
-    del model
-    if env.device.type == "cuda":
-        torch.cuda.empty_cache()
-    return _assemble(which, info, out_splits, view_str)
+    return out_splits
+
+
+def evaluate_zero_shot(
+    configs: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    splits: Sequence[str] = (),
+    classes: str | None = None,
+    root: str | None = None,
+    views: str | None = None,
+    target: str | None = None,
+    classifier: ClassifierSpec | None = None,
+) -> dict[str, Any]:
+    """Score the frozen backbone of ``configs`` (adapters off) on ``splits`` or a ``target``
+    preset's zero-shot splits; nothing is written."""
+    from msta import distributed as D
+
+    classifier = classifier or ClassifierSpec()
+    classifier.check()
+    cfg = load_config(configs, [*overrides, "adapter.branches=none"])
+    if not splits and not target:
+        raise TrainError("--zero-shot needs --split LIST (with --classes and --root) or --target")
+    env = D.setup(cfg.run.device)
+    try:
+        specs = resolve_splits(cfg, splits, classes, root, target)
+        view_str = views or cfg.eval.views
+        vc = parse_views(view_str)
+        prepared = prepare_splits(cfg, specs)
+        model = build_seeded_model(cfg).to(env.device).eval()
+        out_splits = score_splits(model, cfg, prepared, env, vc, "zero-shot", classifier)
+        return _assemble("zero-shot", {}, out_splits, view_str, classifier)
+    finally:
+        D.cleanup(env)
 
 
 def write_report(run_dir: Path, results: dict[str, dict[str, Any]], plots: bool = True) -> None:
@@ -340,12 +403,19 @@ def write_report(run_dir: Path, results: dict[str, dict[str, Any]], plots: bool 
     plot_training_curve(run_dir, run_dir / "training_curve.png")
 
 
-def _assemble(which: str, info: dict[str, Any], splits: dict[str, Any], views: str) -> dict[str, Any]:
+def _assemble(
+    which: str,
+    info: dict[str, Any],
+    splits: dict[str, Any],
+    views: str,
+    classifier: ClassifierSpec | None = None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "checkpoint": which,
         "epoch": info.get("epoch"),
         "global_step": info.get("global_step"),
         "views": views,
+        "classifier": (classifier or ClassifierSpec()).to_dict(),
         "splits": splits,
     }
     groups: dict[str, list[str]] = {}

@@ -7,6 +7,9 @@
   Each attempt has a hard timeout. 429, 5xx, timeouts and connection errors are retried with
   exponential backoff and jitter, honouring ``Retry-After``, up to ``max_attempts`` attempts. The
   SDK's own retries are disabled.
+* Requests are paced by the server's rate-limit headers (``x-ratelimit-remaining-*``,
+  ``x-ratelimit-reset-*``; see :mod:`descgen.backends.ratelimit`): a request waits for its share of
+  the request and token budgets before it is sent, so that 429s stay rare.
 * ``on_done`` is called on the loop, in the calling thread, as each request finishes.
 * Secrets never appear in error messages (they are scrubbed).
 """
@@ -25,6 +28,7 @@ from typing import Any
 
 from descgen.backends import scrub_secrets
 from descgen.backends.base import BackendError, Request, Response
+from descgen.backends.ratelimit import Pacer, estimate_tokens
 
 API_KEY_ENV = "OPENAI_API_KEY"
 PLACEHOLDER_KEY = "EMPTY"
@@ -157,6 +161,7 @@ class OpenAIBackend:
         # request itself when one pool holds dozens of connections.
         self._answered = 0  # requests the server answered (any status but the fatal ones below)
         self._abort_reason: str | None = None
+        self.pacer = Pacer()
         workers = min(self.concurrency, len(requests))
         n_clients = -(-workers // CONNECTIONS_PER_CLIENT)
         tls = ssl.create_default_context()  # built once: loading the CA store costs ~0.1 s per client
@@ -237,8 +242,10 @@ class OpenAIBackend:
         import httpx2
         import openai
 
-        t0 = time.perf_counter()
         body = self._body(req)
+        tokens = await self.pacer.acquire(estimate_tokens(req.messages, req.max_tokens))
+        t0 = time.perf_counter()
+        headers, limited = None, False
         try:
             # The same request as ``client.chat.completions.create(**body)``, sent through the
             # client's generic ``post`` and read as the raw HTTP response: this skips the SDK's
@@ -249,10 +256,12 @@ class OpenAIBackend:
                 client.post("/chat/completions", body=body, cast_to=httpx2.Response),
                 timeout=self.timeout + 1.0,
             )
+            headers = raw.headers
         except (TimeoutError, openai.APITimeoutError):
             raise _Retryable(f"timed out after {self.timeout:g} s") from None
         except openai.APIStatusError as exc:
             status = exc.status_code
+            headers, limited = exc.response.headers, status == 429
             detail = _error_detail(exc)
             msg = self._scrub(f"HTTP {status}: {detail}" if detail else f"HTTP {status}")
             if status in RETRY_STATUS or status >= 500:
@@ -268,6 +277,8 @@ class OpenAIBackend:
             raise _Fatal(self._scrub(f"malformed response from the server: {exc}")) from None
         except openai.OpenAIError as exc:
             raise _Fatal(self._scrub(f"{type(exc).__name__}: {exc}")) from None
+        finally:
+            self.pacer.release(tokens, headers, limited)
         return _parse_completion(req.key, raw.content, time.perf_counter() - t0)
 
     def _body(self, req: Request) -> dict[str, Any]:
