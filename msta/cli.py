@@ -55,6 +55,8 @@ app.command("predict")(user_errors(cli_train.predict_command))
 app.command("params")(user_errors(cli_model.params_command))
 data_app.command("check")(user_errors(cli_data.check_command))
 data_app.command("synth")(user_errors(cli_data.synth_command))
+data_app.command("prepare")(user_errors(cli_data.prepare_command))
+data_app.command("bench")(user_errors(cli_data.bench_command))
 
 
 def main() -> None:
