@@ -151,8 +151,9 @@ def prepare_command(
 ) -> None:
     """Decode every video of the list once into frame banks built for random access (all frames, JPEG,
     short side at most 256 px). Safe to rerun or resume; unreadable videos are listed, not fatal."""
-    from msta.prepare import REPORT_NAME, prepare_list
+    from msta.prepare import REPORT_NAME, parse_shard, prepare_list
 
+    parse_shard(shard)  # a bad --shard fails before the progress bar starts
     progress, update = _progress("Preparing videos")
     with progress:
         res = prepare_list(
