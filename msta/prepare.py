@@ -21,6 +21,7 @@ Robustness:
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -158,7 +159,7 @@ def prepare_one(src: Path, dst: Path, short_side: int = SHORT_SIDE, quality: int
     source_bytes = src.stat().st_size if src.is_file() else 0
     if info is not None:
         return {"status": "skipped", "source_bytes": source_bytes, **info}
-    for stale in dst.parent.glob(f"{dst.name}.tmp-*") if dst.parent.is_dir() else ():
+    for stale in dst.parent.glob(f"{glob.escape(dst.name)}.tmp-*") if dst.parent.is_dir() else ():
         stale.unlink(missing_ok=True)  # left by a killed run
     try:
         if not src.is_file():
@@ -238,6 +239,7 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: Callable[[int, int], No
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     # fork: workers start at once and need no importable main module; they only use av and PIL
     methods = multiprocessing.get_all_start_methods()
@@ -246,7 +248,13 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: Callable[[int, int], No
         futures = [pool.submit(_job, job) for job in jobs]
         try:
             for done, fut in enumerate(as_completed(futures), start=1):
-                yield fut.result()
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    raise DataError(
+                        "a preparation process died (out of memory?); run the same command again to resume"
+                    ) from None
+                yield result
                 if progress:
                     progress(done, total)
         finally:
