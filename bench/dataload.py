@@ -82,9 +82,6 @@ def main() -> None:
 
     import torch
 
-    from msta.data import loader_throughput
-    from msta.prepare import prepare_list
-
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="dataload-bench-") as tmp:
         root, out = Path(tmp) / "raw", Path(tmp) / "prepared"
@@ -98,31 +95,48 @@ def main() -> None:
             f"{args.videos} videos: {args.seconds:g} s at {args.fps} fps, {args.width}x{args.height}, H.264 "
             f"(default GOP), written in {time.perf_counter() - t0:.1f} s"
         )
-        prep = prepare_list(root / "list.txt", root, out, workers=args.workers)
-        per_core = args.videos / prep.seconds / max(1, args.workers)
-        print(
-            f"prepare: {args.videos} videos in {prep.seconds:.1f} s with {args.workers} processes = "
-            f"{per_core:.2f} videos/s per core; {prep.bytes_out / args.videos / 1e6:.2f} MB per video "
-            f"vs {prep.bytes_source / args.videos / 1e6:.2f} MB source ({prep.bytes_out / prep.bytes_source:.1f}x)"
-        )
-        print(
-            f"training loader: {args.frames} frames at {args.size} px, {args.clips} clips, {args.workers} workers"
-        )
-        print(
-            f"{'data':<9} {'clips/s':>9} {'per core':>9} "
-            + " ".join(f"{'cores@' + str(r):>10}" for r in GPU_RATES)
-        )
-        rates = {}
-        for name, where in (("raw pyav", root), ("prepared", out)):
-            res = loader_throughput(
-                items, where, workers=args.workers, clips=args.clips, input_size=args.size,
-                num_frames=args.frames, batch_size=args.batch_size,
-            )  # fmt: skip
-            rate = rates[name] = res["clips_per_s"]
-            core = rate / max(1, args.workers)
-            need = " ".join(f"{int(np.ceil(r / core)):>10d}" for r in GPU_RATES)
-            print(f"{name:<9} {rate:>9.2f} {core:>9.2f} {need}", flush=True)
-        print(f"prepared / raw: {rates['prepared'] / rates['raw pyav']:.1f}x (goal: at least 10x)")
+        report_prepare(root, out, args)
+        rels = [rel for rel, _ in items]
+        breakdown(out, rels[:1], True, args.size, args.frames)  # warm-up (lazy imports)
+        for name, where, prepared in (("raw pyav", root, False), ("prepared", out, True)):
+            read, tf = breakdown(where, rels, prepared, args.size, args.frames)
+            print(f"{name}: {read:.0f} ms reading + {tf:.0f} ms transforming per clip (one process)")
+        report_loader(items, root, out, args)
+
+
+def report_prepare(root: Path, out: Path, args: argparse.Namespace) -> None:
+    from msta.prepare import prepare_list
+
+    prep = prepare_list(root / "list.txt", root, out, workers=args.workers)
+    per_core = args.videos / prep.seconds / max(1, args.workers)
+    print(
+        f"prepare: {args.videos} videos in {prep.seconds:.1f} s with {args.workers} processes = "
+        f"{per_core:.2f} videos/s per core; {prep.bytes_out / args.videos / 1e6:.2f} MB per video "
+        f"vs {prep.bytes_source / args.videos / 1e6:.2f} MB source ({prep.bytes_out / prep.bytes_source:.1f}x)"
+    )
+
+
+def report_loader(items: list[tuple[str, int]], root: Path, out: Path, args: argparse.Namespace) -> None:
+    from msta.data import loader_throughput
+
+    print(
+        f"training loader: {args.frames} frames at {args.size} px, {args.clips} clips, {args.workers} workers"
+    )
+    print(
+        f"{'data':<9} {'clips/s':>9} {'per core':>9} "
+        + " ".join(f"{'cores@' + str(r):>10}" for r in GPU_RATES)
+    )
+    rates = {}
+    for name, where in (("raw pyav", root), ("prepared", out)):
+        res = loader_throughput(
+            items, where, workers=args.workers, clips=args.clips, input_size=args.size,
+            num_frames=args.frames, batch_size=args.batch_size,
+        )  # fmt: skip
+        rate = rates[name] = res["clips_per_s"]
+        core = rate / max(1, args.workers)
+        need = " ".join(f"{int(np.ceil(r / core)):>10d}" for r in GPU_RATES)
+        print(f"{name:<9} {rate:>9.2f} {core:>9.2f} {need}", flush=True)
+    print(f"prepared / raw: {rates['prepared'] / rates['raw pyav']:.1f}x (goal: at least 10x)")
 
 
 if __name__ == "__main__":
