@@ -1,11 +1,14 @@
-"""Data-loading throughput: clips per second decoded, sampled and transformed.
+"""Data-loading throughput: raw videos decoded with PyAV vs the same videos prepared by
+``msta data prepare``, through the real training loader.
 
-Writes a few real mp4 files of realistic length (default 10 s at 25 fps, 320x240, H.264) into a
-temporary directory, then loads 8-frame training clips at 224 px through ``VideoDataset`` and a
-``DataLoader`` with PyAV and decord, with 0 and 2 worker processes, and prints clips/second side by
-side. The first batch of every configuration (worker start-up) is not timed.
+Writes real mp4 files of realistic length (default 10 s at 25 fps, 320x240, H.264 with the encoder's
+default keyframe interval) into a temporary directory, prepares them, then loads 8-frame training
+clips at 224 px (training transforms, collation) through ``VideoDataset`` and a ``DataLoader`` with
+2 worker processes from both, and prints side by side: clips/s, clips/s per core, the ratio, the
+cores that would keep up with a GPU consuming 470 and 870 clips/s, preparation throughput and the
+bytes stored per video. The first batch of every row (worker start-up) is not timed.
 
-    python bench/dataload.py [--videos 6] [--clips 48] [--seconds 10] [--workers 0 2]
+    python bench/dataload.py [--videos 16] [--clips 64] [--seconds 10] [--workers 2]
 """
 
 from __future__ import annotations
@@ -17,124 +20,123 @@ from pathlib import Path
 
 import numpy as np
 
+GPU_RATES = (470, 870)  # clips/s one H200 trains at (MSTA d128 bf16 batch 32; and a faster setting)
+
 
 def make_video(path: Path, seconds: float, fps: int, width: int, height: int, seed: int) -> None:
-    """A moving textured scene with a moving object and light noise, encoded with libx264."""
-    from msta.synth import write_video
+    """A moving textured scene with a moving object and light noise, H.264 at the encoder's
+    default settings (keyframe interval 250: one keyframe in a 10 s video)."""
+    import av
 
     rng = np.random.default_rng(seed)
     n = int(round(seconds * fps))
     texture = rng.integers(0, 256, size=(height // 8 + 2, width // 8 + 2, 3)).astype(np.float32)
     texture = np.kron(texture, np.ones((8, 8, 1), np.float32))  # blocky background, larger than the frame
     yy, xx = np.mgrid[0:height, 0:width]
-    frames = np.empty((n, height, width, 3), np.uint8)
-    for t in range(n):
-        dx, dy = int(8 * np.sin(t / 20)) + 8, int(6 * np.cos(t / 25)) + 8
-        img = texture[dy : dy + height, dx : dx + width].copy()
-        cx, cy = width * (0.2 + 0.6 * t / n), height * (0.5 + 0.2 * np.sin(t / 10))
-        inside = (xx - cx) ** 2 + (yy - cy) ** 2 < (height / 6) ** 2
-        img[inside] = (230, 40, 40)
-        img += rng.normal(0, 4, size=img.shape).astype(np.float32)
-        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
-    write_video(path, frames, fps=fps)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for t in range(n):
+            dx, dy = int(8 * np.sin(t / 20)) + 8, int(6 * np.cos(t / 25)) + 8
+            img = texture[dy : dy + height, dx : dx + width].copy()
+            cx, cy = width * (0.2 + 0.6 * t / n), height * (0.5 + 0.2 * np.sin(t / 10))
+            img[(xx - cx) ** 2 + (yy - cy) ** 2 < (height / 6) ** 2] = (230, 40, 40)
+            img += rng.normal(0, 4, size=img.shape).astype(np.float32)
+            frame = av.VideoFrame.from_ndarray(np.clip(img, 0, 255).astype(np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
 
 
-def bench(
-    root: Path, items: list[tuple[str, int]], decoder: str, workers: int, clips: int, size: int, frames: int
-) -> float:
-    import torch
-    from torch.utils.data import DataLoader
-
-    from msta.data import VideoDataset
-
-    reps = max(1, -(-clips // len(items)))
-    ds = VideoDataset((items * reps)[:clips], root, frames, True, size, hflip=True, decoder=decoder, seed=0)
-    loader = DataLoader(ds, batch_size=4, num_workers=workers, shuffle=False)
-    it = iter(loader)
-    first = next(it)
-    done = first["video"].shape[0]
-    start = time.perf_counter()
-    for batch in it:
-        done += batch["video"].shape[0]
-        assert batch["video"].shape[1:] == (frames, 3, size, size) and batch["video"].dtype == torch.float32
-    elapsed = time.perf_counter() - start
-    timed = done - first["video"].shape[0]
-    return timed / elapsed if elapsed > 0 else float("nan")
-
-
-def breakdown(
-    root: Path, items: list[tuple[str, int]], decoder: str, size: int, frames: int
-) -> tuple[float, float]:
-    """Mean seconds per clip spent decoding and transforming, in this process."""
+def breakdown(root: Path, rels: list[str], prepared: bool, size: int, frames: int) -> tuple[float, float]:
+    """Mean milliseconds per clip spent reading (decoding) and transforming, in this process."""
     from msta.data import segment_indices
     from msta.transforms import train_transform
-    from msta.video import open_reader
+    from msta.video import open_reader, prepared_path
 
     rng = np.random.default_rng(0)
-    t_dec = t_tf = 0.0
-    clip = None
-    for rel, _ in items:
+    t_read = t_tf = 0.0
+    for rel in rels:
         t0 = time.perf_counter()
-        with open_reader(root / rel, decoder) as reader:
+        with open_reader(prepared_path(root, rel) if prepared else root / rel) as reader:
             clip = reader.get(segment_indices(reader.num_frames, frames, True, rng))
         t1 = time.perf_counter()
         train_transform(clip, size, rng, hflip=True)
-        t_dec += t1 - t0
+        t_read += t1 - t0
         t_tf += time.perf_counter() - t1
-    return t_dec / len(items), t_tf / len(items)
+    return 1000 * t_read / len(rels), 1000 * t_tf / len(rels)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=int, default=6, help="distinct video files")
-    ap.add_argument("--clips", type=int, default=48, help="clips loaded per configuration")
+    ap.add_argument("--videos", type=int, default=16, help="distinct video files")
+    ap.add_argument("--clips", type=int, default=64, help="clips loaded per row")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--fps", type=int, default=25)
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)
     ap.add_argument("--size", type=int, default=224, help="input size S")
     ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    ap.add_argument("--decoders", nargs="+", default=["pyav", "decord"])
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers, and preparation processes")
+    ap.add_argument("--batch-size", type=int, default=8)
     args = ap.parse_args()
 
     import torch
 
-    from msta.video import decord_available
-
-    torch.set_num_threads(1)  # a fair per-process comparison; workers use one thread each anyway
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="dataload-bench-") as tmp:
-        root = Path(tmp)
+        root, out = Path(tmp) / "raw", Path(tmp) / "prepared"
+        root.mkdir()
         t0 = time.perf_counter()
-        items = []
-        for i in range(args.videos):
-            rel = f"v{i}.mp4"
+        items = [(f"v{i}.mp4", 0) for i in range(args.videos)]
+        for i, (rel, _) in enumerate(items):
             make_video(root / rel, args.seconds, args.fps, args.width, args.height, seed=i)
-            items.append((rel, 0))
-        mb = sum((root / r).stat().st_size for r, _ in items) / 1e6
+        (root / "list.txt").write_text("".join(f"{rel} 0\n" for rel, _ in items))
         print(
-            f"{args.videos} videos: {args.seconds:g} s at {args.fps} fps, {args.width}x{args.height}, "
-            f"H.264, {mb:.1f} MB, written in {time.perf_counter() - t0:.1f} s"
+            f"{args.videos} videos: {args.seconds:g} s at {args.fps} fps, {args.width}x{args.height}, H.264 "
+            f"(default GOP), written in {time.perf_counter() - t0:.1f} s"
         )
-        print(f"clips of {args.frames} frames, train transform at {args.size} px, {args.clips} clips per row")
-        for decoder in args.decoders:
-            if decoder == "decord" and not decord_available():
-                continue
-            breakdown(root, items[:1], decoder, args.size, args.frames)  # warm-up (lazy imports)
-            dec, tf = breakdown(root, items, decoder, args.size, args.frames)
-            print(
-                f"{decoder}: {1000 * dec:.0f} ms decoding + {1000 * tf:.0f} ms transforming per clip (one process)"
-            )
-        print(f"{'decoder':<8} {'workers':>7} {'clips/s':>9} {'vs pyav/0':>10}")
-        base = None
-        for decoder in args.decoders:
-            if decoder == "decord" and not decord_available():
-                print(f"{decoder:<8} (not installed)")
-                continue
-            for w in args.workers:
-                rate = bench(root, items, decoder, w, args.clips, args.size, args.frames)
-                base = base or rate
-                print(f"{decoder:<8} {w:>7} {rate:>9.2f} {rate / base:>9.2f}x", flush=True)
+        report_prepare(root, out, args)
+        rels = [rel for rel, _ in items]
+        breakdown(out, rels[:1], True, args.size, args.frames)  # warm-up (lazy imports)
+        for name, where, prepared in (("raw pyav", root, False), ("prepared", out, True)):
+            read, tf = breakdown(where, rels, prepared, args.size, args.frames)
+            print(f"{name}: {read:.0f} ms reading + {tf:.0f} ms transforming per clip (one process)")
+        report_loader(items, root, out, args)
+
+
+def report_prepare(root: Path, out: Path, args: argparse.Namespace) -> None:
+    from msta.prepare import prepare_list
+
+    prep = prepare_list(root / "list.txt", root, out, workers=args.workers)
+    per_core = args.videos / prep.seconds / max(1, args.workers)
+    print(
+        f"prepare: {args.videos} videos in {prep.seconds:.1f} s with {args.workers} processes = "
+        f"{per_core:.2f} videos/s per core; {prep.bytes_out / args.videos / 1e6:.2f} MB per video "
+        f"vs {prep.bytes_source / args.videos / 1e6:.2f} MB source ({prep.bytes_out / prep.bytes_source:.1f}x)"
+    )
+
+
+def report_loader(items: list[tuple[str, int]], root: Path, out: Path, args: argparse.Namespace) -> None:
+    from msta.data import loader_throughput
+
+    print(
+        f"training loader: {args.frames} frames at {args.size} px, {args.clips} clips, {args.workers} workers"
+    )
+    print(
+        f"{'data':<9} {'clips/s':>9} {'per core':>9} "
+        + " ".join(f"{'cores@' + str(r):>10}" for r in GPU_RATES)
+    )
+    rates = {}
+    for name, where in (("raw pyav", root), ("prepared", out)):
+        res = loader_throughput(
+            items, where, workers=args.workers, clips=args.clips, input_size=args.size,
+            num_frames=args.frames, batch_size=args.batch_size,
+        )  # fmt: skip
+        rate = rates[name] = res["clips_per_s"]
+        core = rate / max(1, args.workers)
+        need = " ".join(f"{int(np.ceil(r / core)):>10d}" for r in GPU_RATES)
+        print(f"{name:<9} {rate:>9.2f} {core:>9.2f} {need}", flush=True)
+    print(f"prepared / raw: {rates['prepared'] / rates['raw pyav']:.1f}x (goal: at least 10x)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """``msta data check``: counts per class, malformed lines, missing files, videos that do not decode
-and label ids out of range in a video list."""
+and label ids out of range in a video list. A prepared root (``msta data prepare``) is checked
+through its frame banks; videos its manifest lists as unreadable are reported unreadable."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from msta.data import ListEntry, parse_video_list, segment_indices
-from msta.video import DataError, check_decoder, open_reader, short_error
+from msta.video import (
+    DataError,
+    check_decoder,
+    is_prepared,
+    open_reader,
+    prepared_path,
+    read_prepared_manifest,
+    short_error,
+)
 
 
 @dataclass
@@ -100,20 +109,32 @@ def check_list(
     report.malformed = [{"line": n, "text": text, "error": reason} for n, text, reason in bad]
     _count_labels(report, entries, num_classes)
     report.duplicates = _duplicates(entries)
+    locate, known_bad = _locator(root_p)
     present: list[ListEntry] = []
     for e in entries:
-        if (root_p / e.path).exists():
+        if e.path in known_bad:
+            report.unreadable.append({"line": e.line, "path": e.path, "error": known_bad[e.path]})
+        elif locate(e.path).exists():
             present.append(e)
         else:
             report.missing.append({"line": e.line, "path": e.path})
     unique = list({e.path: e for e in present}.values())
     nworkers = workers if workers is not None else min(8, os.cpu_count() or 1)
-    errors = _probe_all(root_p, unique, decoder, num_frames, nworkers, progress)
+    errors = _probe_all(locate, unique, decoder, num_frames, nworkers, progress)
     report.checked_decoding = len(unique)
-    report.unreadable = [
+    report.unreadable += [
         {"line": e.line, "path": e.path, "error": errors[e.path]} for e in present if e.path in errors
     ]
+    report.unreadable.sort(key=lambda p: p["line"])
     return report
+
+
+def _locator(root: Path) -> tuple[Callable[[str], Path], dict[str, str]]:
+    """Where a list path is read from, and the videos a prepared root recorded as unreadable."""
+    if not is_prepared(root):
+        return (lambda rel: root / rel), {}
+    failed = read_prepared_manifest(root).get("failed", {})
+    return (lambda rel: prepared_path(root, rel)), {str(k): str(v) for k, v in failed.items()}
 
 
 def _count_labels(report: CheckReport, entries: list[ListEntry], num_classes: int | None) -> None:
@@ -140,7 +161,7 @@ def _duplicates(entries: list[ListEntry]) -> list[dict[str, Any]]:
 
 
 def _probe_all(
-    root: Path,
+    locate: Callable[[str], Path],
     entries: list[ListEntry],
     decoder: str,
     num_frames: int,
@@ -155,7 +176,7 @@ def _probe_all(
         progress(0, total)
     errors: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [(e, pool.submit(_probe, root / e.path, decoder, num_frames)) for e in entries]
+        futures = [(e, pool.submit(_probe, locate(e.path), decoder, num_frames)) for e in entries]
         for done, (e, fut) in enumerate(futures, start=1):
             err = fut.result()
             if err is not None:

@@ -58,6 +58,8 @@ app.command("report")(user_errors(cli_report.report_command))
 app.command("sweep")(user_errors(cli_report.sweep_command))
 data_app.command("check")(user_errors(cli_data.check_command))
 data_app.command("synth")(user_errors(cli_data.synth_command))
+data_app.command("prepare")(user_errors(cli_data.prepare_command))
+data_app.command("bench")(user_errors(cli_data.bench_command))
 
 
 def main() -> None:

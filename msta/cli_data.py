@@ -1,4 +1,4 @@
-"""``msta data check`` and ``msta data synth``: command functions, registered by :mod:`msta.cli`.
+"""``msta data check``, ``synth``, ``prepare`` and ``bench``: command functions, registered by :mod:`msta.cli`.
 
 User errors are raised (``MstaError`` subclasses); the command line turns them into one message."""
 
@@ -135,4 +135,72 @@ def synth_command(
         f"Wrote {result.train} training and {result.val} validation videos of {len(result.classes)} classes "
         f"to {result.out_dir} ({m['frames']} frames, {m['size']}x{m['size']}, {m['codec']}); "
         f"classes: {result.out_dir / 'classes.csv'}, hflip must stay off"
+    )
+
+
+def prepare_command(
+    list_file: Path = typer.Option(..., "--list", help="Video list: '<relative path> <label id>' per line."),
+    root: Path = typer.Option(..., "--root", help="Directory the list's paths are relative to."),
+    out: Path = typer.Option(..., "--out", help="Prepared directory (use it as data.root)."),
+    workers: int = typer.Option(4, "--workers", min=1, help="Videos decoded in parallel (processes)."),
+    shard: str | None = typer.Option(
+        None, "--shard", help="I/N: prepare every N-th video from the I-th (0-based), for array jobs."
+    ),
+    short_side: int = typer.Option(256, "--short-side", min=16, help="Largest stored short side (px)."),
+    quality: int = typer.Option(90, "--quality", min=50, max=100, help="JPEG quality of the stored frames."),
+) -> None:
+    """Decode every video of the list once into frame banks built for random access (all frames, JPEG,
+    short side at most 256 px). Safe to rerun or resume; unreadable videos are listed, not fatal."""
+    from msta.prepare import REPORT_NAME, parse_shard, prepare_list
+
+    parse_shard(shard)  # a bad --shard fails before the progress bar starts
+    progress, update = _progress("Preparing videos")
+    with progress:
+        res = prepare_list(
+            list_file, root, out, workers=workers, shard=shard, short_side=short_side, quality=quality,
+            progress=update,
+        )  # fmt: skip
+    mb_out, mb_src = res.bytes_out / 1e6, res.bytes_source / 1e6
+    typer.echo(
+        f"{res.prepared} videos prepared, {res.skipped} already there, {len(res.failed)} unreadable "
+        f"in {res.seconds:.1f} s; {mb_out:.1f} MB stored for {mb_src:.1f} MB of source videos"
+    )
+    for rel, err in list(res.failed.items())[:20]:
+        typer.echo(f"unreadable: {rel}: {err}", err=True)
+    if res.manifest_written:
+        typer.echo(f"manifest: {res.out / 'prepared.json'}; unreadable videos: {res.out / REPORT_NAME}")
+    else:
+        typer.echo("manifest not written yet: other shards of this list are still missing")
+
+
+def bench_command(
+    list_file: Path = typer.Option(..., "--list", help="Video list: '<relative path> <label id>' per line."),
+    root: Path = typer.Option(..., "--root", help="Video root or prepared directory."),
+    workers: int = typer.Option(2, "--workers", min=0, help="DataLoader worker processes."),
+    clips: int = typer.Option(64, "--clips", min=1, help="Clips loaded (the list repeats as needed)."),
+    size: int = typer.Option(224, "--size", min=16, help="Input size of the model (pixels)."),
+    frames: int = typer.Option(8, "--frames", min=1, help="Frames per clip."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per batch."),
+    decoder: str = typer.Option("pyav", "--decoder", help="pyav or decord (raw videos)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Clips per second of the training loader: decoding, training transforms and collation."""
+    from msta.data import loader_throughput, read_video_list
+
+    items = read_video_list(list_file)
+    if not items:
+        from msta.video import DataError
+
+        raise DataError(f"the video list {list_file} is empty")
+    res = loader_throughput(
+        items, root, workers=workers, clips=clips, input_size=size, num_frames=frames,
+        batch_size=batch_size, decoder=decoder,
+    )  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    kind = "prepared" if res["prepared"] else decoder
+    typer.echo(
+        f"{res['clips_per_s']:.2f} clips/s ({kind}, {workers} workers, {res['timed_clips']} clips timed "
+        f"in {res['seconds']:.1f} s, {frames} frames at {size} px)"
     )

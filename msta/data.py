@@ -3,7 +3,9 @@
 * Video lists hold one video per line, ``<relative path> <label id>``.
 * Frames are sampled TSN-style: the video is split into ``num_frames`` equal segments and one frame
   is taken from each (a random offset in training, the segment centre in evaluation).
-* Videos are read by :mod:`msta.video` and transformed by :mod:`msta.transforms`.
+* Videos are read by :mod:`msta.video` and transformed by :mod:`msta.transforms`. A root holding a
+  prepared-data manifest (``msta data prepare``) is read from its frame banks, with the same lists:
+  every decoded frame is stored, so the sampled indices (and frames) are the ones of the raw videos.
 * Every random choice of a sample derives from ``(seed, epoch, index)``, so a sample does not depend
   on the number of DataLoader workers or on where a run was resumed.
 """
@@ -24,7 +26,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from msta.transforms import Stats, eval_transform, train_transform
-from msta.video import DataError, VideoReadError, check_decoder, open_reader
+from msta.video import DataError, VideoReadError, check_decoder, is_prepared, open_reader, prepared_path
 from msta.views import parse_views
 
 log = logging.getLogger(__name__)
@@ -308,6 +310,7 @@ class VideoDataset(Dataset):
         self.max_retries = int(max_retries)
         self.threads = int(threads)
         self.stats = stats  # (mean, std) per channel; None: CLIP's
+        self.prepared = is_prepared(self.root)  # frame banks of `msta data prepare`, by the manifest
         # In shared memory, so that persistent DataLoader workers see set_epoch() calls too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -328,7 +331,8 @@ class VideoDataset(Dataset):
         return [label for _, label in self.items]
 
     def path_of(self, index: int) -> Path:
-        return self.root / self.items[index][0]
+        rel = self.items[index][0]
+        return prepared_path(self.root, rel) if self.prepared else self.root / rel
 
     def _load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         clips, crops = self.views
@@ -398,12 +402,60 @@ class VideoDataset(Dataset):
         )
 
 
+# ------------------------------------------------------------------------------------ throughput
+
+
+def loader_throughput(
+    items: Sequence[tuple[str, int]],
+    root: str | Path,
+    workers: int = 2,
+    clips: int = 64,
+    input_size: int = 224,
+    num_frames: int = 8,
+    batch_size: int = 8,
+    decoder: str = "pyav",
+) -> dict[str, Any]:
+    """Clips per second of the training loader (decode + training transforms + collation) over
+    ``clips`` clips of ``items`` (repeated as needed). The first batch (worker start-up) is not timed
+    unless it is the only one."""
+    import time
+
+    from torch.utils.data import DataLoader
+
+    if clips <= 0 or workers < 0 or batch_size <= 0:
+        raise DataError("clips and batch size must be positive, workers not negative")
+    reps = -(-clips // len(items))
+    ds = VideoDataset((list(items) * reps)[:clips], root, num_frames, True, input_size, hflip=True,
+                      decoder=decoder, seed=0)  # fmt: skip
+    loader = DataLoader(ds, batch_size=min(batch_size, clips), num_workers=workers, shuffle=False)
+    start = time.perf_counter()
+    it = iter(loader)
+    first = next(it)["video"].shape[0]
+    t_first = time.perf_counter()
+    rest = sum(batch["video"].shape[0] for batch in it)
+    end = time.perf_counter()
+    timed, seconds = (rest, end - t_first) if rest else (first, t_first - start)
+    return {
+        "clips_per_s": timed / seconds if seconds > 0 else float("nan"),
+        "clips": first + rest,
+        "timed_clips": timed,
+        "seconds": seconds,
+        "workers": workers,
+        "batch_size": min(batch_size, clips),
+        "frames": num_frames,
+        "input_size": input_size,
+        "prepared": ds.prepared,
+        "root": str(root),
+    }
+
+
 __all__ = [
     "ClassSpecError",
     "ListEntry",
     "VideoDataset",
     "default_hflip",
     "load_classes",
+    "loader_throughput",
     "parse_video_list",
     "read_video_list",
     "sample_rng",

@@ -1,14 +1,20 @@
-"""Video readers: PyAV (default), decord (optional) and folders of pre-extracted frames.
+"""Video readers: PyAV (default), decord (optional), folders of pre-extracted frames and prepared
+frame banks (written by ``msta data prepare``, see :mod:`msta.prepare`).
 
 A directory is always read as a folder of frames (``img_00001.jpg`` ..., in natural name order).
+A file ending in :data:`PREPARED_SUFFIX` is always read as a prepared frame bank, whatever the decoder.
 Every reader has ``num_frames`` and ``get(indices)`` returning uint8 RGB ``[T, H, W, 3]``, and is a
 context manager. Readers are opened per sample, so DataLoader workers never share a decoder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import re
+import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,14 @@ from msta.errors import MstaError
 
 DECODERS = ("pyav", "decord", "frames")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# Prepared frame banks: one file per video, ``<out>/videos/<list path>.jpgs``, holding every decoded
+# frame as a JPEG. Layout: header ``<8s I I I`` (magic, frames, height, width), then ``frames + 1``
+# little-endian uint64 offsets (relative to the end of the offset table), then the JPEG bytes.
+PREPARED_MANIFEST = "prepared.json"
+PREPARED_SUFFIX = ".jpgs"
+PREPARED_MAGIC = b"MSTAJPG1"
+PREPARED_HEADER = struct.Struct("<8sIII")
 
 
 class DataError(MstaError):
@@ -234,6 +248,92 @@ class FramesReader(_Reader):
         return np.stack([cache[i] for i in idx])
 
 
+class PreparedReader(_Reader):
+    """A prepared frame bank: frame ``i`` is the ``i``-th decoded frame of the source video, so TSN
+    indices mean the same frames as with the raw video. Only the requested frames are read."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._file: Any = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        except FileNotFoundError:
+            raise VideoReadError(
+                f"prepared video not found: {self.path} (unreadable when prepared, or not prepared)"
+            ) from None
+        except OSError as exc:
+            raise VideoReadError(f"cannot open {self.path}: {exc.strerror or exc}") from None
+        try:
+            self.num_frames, self.height, self.width, self._offsets = read_prepared_header(self._file)
+        except VideoReadError:
+            self.close()
+            raise
+        self._base = PREPARED_HEADER.size + 8 * (self.num_frames + 1)
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        from PIL import Image
+
+        idx = self._check(indices)
+        cache: dict[int, np.ndarray] = {}
+        for i in sorted(set(idx)):
+            start, end = int(self._offsets[i]), int(self._offsets[i + 1])
+            try:
+                self._file.seek(self._base + start)
+                data = self._file.read(end - start)
+                with Image.open(io.BytesIO(data)) as im:
+                    cache[i] = np.asarray(im.convert("RGB"))
+            except Exception as exc:
+                raise VideoReadError(f"cannot read frame {i} of {self.path}: {short_error(exc)}") from None
+        return np.stack([cache[i] for i in idx])
+
+    def close(self) -> None:
+        f = getattr(self, "_file", None)
+        if f is not None:
+            self._file = None
+            f.close()
+
+
+def read_prepared_header(f: Any) -> tuple[int, int, int, np.ndarray]:
+    """``(frames, height, width, offsets)`` of an open prepared frame bank."""
+    name = getattr(f, "name", "prepared video")
+    head = f.read(PREPARED_HEADER.size)
+    if len(head) != PREPARED_HEADER.size or head[:8] != PREPARED_MAGIC:
+        raise VideoReadError(f"{name} is not a prepared video (bad header)")
+    _, n, h, w = PREPARED_HEADER.unpack(head)
+    table = f.read(8 * (n + 1))
+    if n <= 0 or len(table) != 8 * (n + 1):
+        raise VideoReadError(f"{name} is truncated or holds no frames")
+    offsets = np.frombuffer(table, dtype="<u8")
+    return int(n), int(h), int(w), offsets
+
+
+def is_prepared(root: str | Path) -> bool:
+    """Whether ``root`` is a complete prepared directory (it holds the manifest)."""
+    return (Path(root) / PREPARED_MANIFEST).is_file()
+
+
+def prepared_path(root: str | Path, rel: str) -> Path:
+    """Where the prepared frame bank of list path ``rel`` lives under the prepared directory ``root``.
+
+    List paths keep their folders; a path that is absolute or climbs out (``..``) is stored under a
+    hash of its text instead, so nothing is ever written outside ``root``."""
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or ".." in parts or not parts:
+        return Path(root) / "videos" / "_hashed" / (hashlib.sha1(rel.encode()).hexdigest() + PREPARED_SUFFIX)
+    return Path(root) / "videos" / (rel + PREPARED_SUFFIX)
+
+
+def read_prepared_manifest(root: str | Path) -> dict[str, Any]:
+    """The manifest of a prepared directory (raises :class:`DataError` when it cannot be read)."""
+    p = Path(root) / PREPARED_MANIFEST
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the prepared-data manifest {p}: {exc}") from None
+    if not isinstance(obj, dict) or obj.get("format") != "msta-prepared":
+        raise DataError(f"{p} is not a prepared-data manifest")
+    return obj
+
+
 def decord_available() -> bool:
     try:
         import decord  # noqa: F401
@@ -251,6 +351,8 @@ def open_reader(path: str | Path, decoder: str = "pyav", threads: int = 1) -> _R
     if decoder not in DECODERS:
         raise DataError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
     p = Path(path)
+    if p.name.endswith(PREPARED_SUFFIX):
+        return PreparedReader(p)
     if p.is_dir():
         return FramesReader(p)
     if decoder == "frames":
@@ -275,10 +377,19 @@ __all__ = [
     "DataError",
     "DecordReader",
     "FramesReader",
+    "PREPARED_HEADER",
+    "PREPARED_MAGIC",
+    "PREPARED_MANIFEST",
+    "PREPARED_SUFFIX",
+    "PreparedReader",
     "PyAVReader",
     "VideoReadError",
     "check_decoder",
     "decord_available",
+    "is_prepared",
     "open_reader",
+    "prepared_path",
+    "read_prepared_header",
+    "read_prepared_manifest",
     "short_error",
 ]
