@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from descgen.llm_server import DEFAULT_ENV, cpu_default_args
+from descgen.serve import DEFAULT_ENV, cpu_default_args
 
 from descgen.store import Store
 from tests.descgen.conftest import invoke_cli
