@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from descgen.serve import DEFAULT_ENV, cpu_default_args
 
+from descgen.serve import DEFAULT_ENV, cpu_default_args
 from descgen.store import Store
 from tests.descgen.conftest import invoke_cli
 from tests.integration.conftest import MODELS_DIR, REPO
