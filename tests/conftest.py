@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,25 @@ def shared_data() -> Path:
 def tiny_clip_config() -> Path:
     """Path of a tiny open_clip model config (random weights in tests)."""
     return TINY_CLIP
+
+
+@dataclass
+class MstaResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def msta_cli() -> Callable[[Sequence[str]], MstaResult]:
+    """Run ``msta ARGS`` in this process (the registered app, its error handling included); an
+    exception that escapes the command fails the test with its traceback."""
+    from typer.testing import CliRunner
+
+    from msta.cli import app
+
+    def run(args: Sequence[str]) -> MstaResult:
+        res = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+        return MstaResult(res.exit_code, res.stdout, res.stderr)
+
+    return run

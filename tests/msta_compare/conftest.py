@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from tests.msta_train import class_list, make_synth
-from tests.msta_train.conftest import msta_cli  # noqa: F401 - the in-process command line
 
 PROMPT_FP = "0" * 63 + "2"
 
