@@ -32,6 +32,8 @@ from descgen.backends import Response, scrub_secrets
 from descgen.datasets import ClassList
 from descgen.errors import DescgenError
 from descgen.plan import Plan
+from descgen.pricing import load_batch_discount as load_batch_discount  # re-exported: the old import path
+from descgen.pricing import load_price_table
 from descgen.store import Store, StoreError
 
 MAX_REQUESTS = 50_000
@@ -582,18 +584,6 @@ def _tokens(chars: int) -> int:
     return -(-chars // CHARS_PER_TOKEN)
 
 
-def load_batch_discount(path: str | Path | None = None) -> float:
-    """The price factor of batch requests (``batch_discount`` in the price table; default 0.5)."""
-    import tomllib
-
-    source = Path(path) if path else Path(__file__).resolve().parent / "pricing.toml"
-    try:
-        value = tomllib.loads(source.read_text(encoding="utf-8")).get("batch_discount", 0.5)
-        return float(value)
-    except (OSError, ValueError, TypeError) as exc:
-        raise BatchError(f"cannot read the price table: {exc}") from None
-
-
 def estimate(p: Plan, pricing_path: str | Path | None = None) -> dict[str, Any]:
     """Tokens and cost of the plan's requests before anything is sent (one attempt each).
 
@@ -601,7 +591,6 @@ def estimate(p: Plan, pricing_path: str | Path | None = None) -> dict[str, Any]:
     four, plus a few tokens per message. Completion tokens: at most 2*N phrases of the prompt's
     maximum length with their JSON punctuation, and never more than max_tokens.
     """
-    from descgen.audit import load_pricing
     from descgen.generate import plan_messages
 
     schema_chars = len(json.dumps(p.prompt.schema(p.n)))
@@ -611,14 +600,9 @@ def estimate(p: Plan, pricing_path: str | Path | None = None) -> dict[str, Any]:
         prompt_tokens += _tokens(chars) + MESSAGE_OVERHEAD_TOKENS * len(msgs)
     per_answer = 2 * p.n * (_tokens(p.prompt.max_chars) + JSON_OVERHEAD_TOKENS) + 8
     completion_tokens = len(p.to_send) * min(int(p.params["max_tokens"]), per_answer)
-    prices = load_pricing(str(pricing_path) if pricing_path else None)
-    price = prices.get(f"{p.backend}/{p.model}") or prices.get(p.model)
-    if p.backend == "vllm":
-        price = {"input": 0.0, "output": 0.0}
-    cost = None
-    if price is not None:
-        cost = (prompt_tokens * price["input"] + completion_tokens * price["output"]) / 1_000_000
-    discount = load_batch_discount(pricing_path)
+    table = load_price_table(pricing_path)
+    cost = table.online_cost(p.backend, p.model, prompt_tokens, completion_tokens)
+    discount = table.batch_discount
     return {
         "requests": len(p.to_send),
         "prompt_tokens": prompt_tokens,
