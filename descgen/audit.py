@@ -33,7 +33,8 @@ from functools import partial
 from typing import Any
 
 from descgen.encode import set_kinds
-from descgen.errors import DescgenError
+from descgen.pricing import PriceTable, load_price_table
+from descgen.pricing import load_pricing as load_pricing  # re-exported: the old import path
 from descgen.store import DescriptionSet, Store, text_hash
 
 DEFAULT_NEAR_DUP = 0.95
@@ -536,63 +537,44 @@ def _generation_entry(g: dict) -> dict[str, Any]:
 # ---------------------------------------------------------------------- usage and cost
 
 
-def load_pricing(path: str | None = None) -> dict[str, dict[str, float]]:
-    """Prices per 1M tokens, {"backend/model" or "model": {"input": x, "output": y}}."""
-    import tomllib
-    from pathlib import Path
+def _usage_row(r: dict, batch: dict | None, table: PriceTable) -> dict[str, Any]:
+    """One backend/model row: requests, tokens, the batch share, and the cost with the batch discount.
 
-    source = Path(path) if path else Path(__file__).resolve().parent / "pricing.toml"
-    try:
-        data = tomllib.loads(source.read_text(encoding="utf-8"))
-        out: dict[str, dict[str, float]] = {}
-        for key, val in (data.get("models") or {}).items():
-            if isinstance(val, dict) and "input" in val and "output" in val:
-                out[str(key)] = {"input": float(val["input"]), "output": float(val["output"])}
-    except (OSError, ValueError) as exc:  # TOMLDecodeError is a ValueError
-        raise DescgenError(f"cannot read the price table: {exc}") from None
-    return out
+    ``online_cost_usd``: every answer at the online price. ``batch_cost_usd``: the answers that came
+    through a batch at ``batch_discount`` times the online price; ``batch_saving_usd``: what that saved.
+    ``cost_usd``: the estimated cost, online minus the saving. Costs are None when the model has no price.
+    """
+    batch = batch or {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    backend, model = r["backend"], r["model"]
+    online = table.online_cost(backend, model, r["prompt_tokens"], r["completion_tokens"])
+    batch_online = table.online_cost(backend, model, batch["prompt_tokens"], batch["completion_tokens"])
+    batch_cost = saving = cost = None
+    if online is not None and batch_online is not None:  # both or neither: the same price
+        batch_cost = batch_online * table.batch_discount
+        saving = batch_online - batch_cost
+        cost = online - saving
+    return {
+        "backend": backend,
+        "model": model,
+        "requests": r["requests"],
+        "ok": r["ok"],
+        "invalid": r["invalid"],
+        "errors": r["errors"],
+        "prompt_tokens": r["prompt_tokens"],
+        "completion_tokens": r["completion_tokens"],
+        "latency_s": round(float(r["latency_s"] or 0.0), 3),
+        "batch_requests": batch["requests"],
+        "batch_prompt_tokens": batch["prompt_tokens"],
+        "batch_completion_tokens": batch["completion_tokens"],
+        "batch_cost_usd": batch_cost,
+        "batch_saving_usd": saving,
+        "online_cost_usd": online,
+        "cost_usd": cost,
+    }
 
 
-def _price_for(prices: dict[str, dict[str, float]], backend: str, model: str) -> dict[str, float] | None:
-    for key in (f"{backend}/{model}", model):
-        if key in prices:
-            return prices[key]
-    if backend in ("import", "vllm"):
-        return {"input": 0.0, "output": 0.0}
-    return None
-
-
-def usage_report(store: Store, pricing_path: str | None = None) -> dict[str, Any]:
-    """Requests, tokens, estimated cost per backend and model, and failures by reason."""
-    prices = load_pricing(pricing_path)
-    rows = []
-    total = 0.0
-    unknown = False
-    for r in store.usage():
-        price = _price_for(prices, r["backend"], r["model"])
-        cost = None
-        if price is not None:
-            cost = (
-                r["prompt_tokens"] * price["input"] + r["completion_tokens"] * price["output"]
-            ) / 1_000_000
-            total += cost
-        else:
-            unknown = True
-        rows.append(
-            {
-                "backend": r["backend"],
-                "model": r["model"],
-                "requests": r["requests"],
-                "ok": r["ok"],
-                "invalid": r["invalid"],
-                "errors": r["errors"],
-                "prompt_tokens": r["prompt_tokens"],
-                "completion_tokens": r["completion_tokens"],
-                "latency_s": round(float(r["latency_s"] or 0.0), 3),
-                "cost_usd": None if cost is None else round(cost, 6),
-            }
-        )
-    failures = [
+def _failures(store: Store) -> list[dict[str, Any]]:
+    return [
         {
             "backend": f["backend"],
             "model": f["model"],
@@ -602,9 +584,29 @@ def usage_report(store: Store, pricing_path: str | None = None) -> dict[str, Any
         }
         for f in store.failures_by_reason()
     ]
+
+
+_COSTS = ("cost_usd", "online_cost_usd", "batch_cost_usd", "batch_saving_usd")
+
+
+def usage_report(store: Store, pricing_path: str | None = None) -> dict[str, Any]:
+    """Requests, tokens and estimated cost per backend and model, and failures by reason.
+
+    Answers that came through a batch are priced at the table's ``batch_discount`` times the online
+    price; the report also says what every answer would have cost online and the saving.
+    """
+    table = load_price_table(pricing_path)
+    batch = {(b["backend"], b["model"]): b for b in store.batch_usage()}
+    rows = [_usage_row(r, batch.get((r["backend"], r["model"])), table) for r in store.usage()]
+    priced = [r for r in rows if r["cost_usd"] is not None]
+    totals = {f"total_{key}": round(sum(r[key] for r in priced), 6) for key in _COSTS}
+    for r in rows:
+        r.update({key: None if r[key] is None else round(r[key], 6) for key in _COSTS})
     return {
         "models": rows,
-        "failures": failures,
-        "total_cost_usd": round(total, 6),
-        "cost_complete": not unknown,
+        "failures": _failures(store),
+        "batch_discount": table.batch_discount,
+        "batch_requests": sum(r["batch_requests"] for r in rows),
+        **totals,
+        "cost_complete": len(priced) == len(rows),
     }

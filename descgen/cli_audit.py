@@ -265,49 +265,83 @@ def _print_chain(chain: dict, limit: int | None = 40) -> None:
 # ---------------------------------------------------------------------- usage
 
 
+def _usd(x: float | None) -> str:
+    return "?" if x is None else f"{x:.4f}"
+
+
+def _table(title: str, cols: list[str], rows: list[list]):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in cols:
+        t.add_column(col, justify="right" if col not in ("backend", "model") else "left")
+    for cells in rows:
+        t.add_row(*(str(c) for c in cells))
+    return t
+
+
+USAGE_COLUMNS = "backend|model|requests|ok|invalid|errors|input tokens|output tokens|cost $".split("|")
+BATCH_COLUMNS = "backend|model|requests|input tokens|output tokens|batch $|online $|saving $".split("|")
+
+
+def _usage_table(rep: dict):
+    """Requests, tokens and the estimated cost (batch answers at the batch price) per backend and model."""
+    rows = [
+        [r["backend"], r["model"], r["requests"], r["ok"], r["invalid"], r["errors"]]
+        + [r["prompt_tokens"], r["completion_tokens"], _usd(r["cost_usd"])]
+        for r in rep["models"]
+    ]
+    return _table("Usage per backend and model", USAGE_COLUMNS, rows)
+
+
+def _batch_row(r: dict) -> list:
+    cost, saving = r["batch_cost_usd"], r["batch_saving_usd"]
+    online = None if cost is None else cost + saving
+    tokens = [r["batch_prompt_tokens"], r["batch_completion_tokens"]]
+    return [r["backend"], r["model"], r["batch_requests"], *tokens, _usd(cost), _usd(online), _usd(saving)]
+
+
+def _batch_table(rep: dict):
+    """The answers that came through a batch: their tokens, and their cost at the batch and online price."""
+    rows = [_batch_row(r) for r in rep["models"] if r["batch_requests"]]
+    return _table(f"Answers through a batch (batch price x{rep['batch_discount']:g})", BATCH_COLUMNS, rows)
+
+
+def _usage_summary(rep: dict) -> str:
+    """The last line: requests, the estimated cost, and with batches the online cost and the saving."""
+    unpriced = "" if rep["cost_complete"] else " + ? (models without a price)"
+    requests = sum(r["requests"] for r in rep["models"])
+    line = f"{requests} requests; estimated cost ${rep['total_cost_usd']:.4f}{unpriced}"
+    if rep["batch_requests"]:
+        line += (
+            f" ({rep['batch_requests']} through a batch at batch price x{rep['batch_discount']:g}; "
+            f"online ${rep['total_online_cost_usd']:.4f}, batch saving ${rep['total_batch_saving_usd']:.4f})"
+        )
+    return line
+
+
 def usage_cmd(
     cache: str = CacheOpt,
     as_json: bool = typer.Option(False, "--json"),
     pricing: str = typer.Option(None, "--pricing", help="Price table (TOML) instead of the packaged one."),
 ) -> None:
-    """Requests, tokens and estimated cost per backend and model, and failures by reason."""
+    """Requests, tokens and estimated cost per backend and model, and failures by reason.
+
+    Answers that came through a batch are priced at the batch price (``batch_discount`` in the price table).
+    """
     from descgen.audit import usage_report
 
-    store = _open(cache)
-    rep = usage_report(store, pricing)
+    with _open(cache) as store:
+        rep = usage_report(store, pricing)
     if as_json:
         sys.stdout.write(json.dumps(rep, sort_keys=True, ensure_ascii=False, indent=2) + "\n")
         return
     from rich.table import Table
 
     con = _console()
-    t = Table(title="Usage per backend and model")
-    for col in (
-        "backend",
-        "model",
-        "requests",
-        "ok",
-        "invalid",
-        "errors",
-        "input tokens",
-        "output tokens",
-        "cost $",
-    ):
-        t.add_column(col, justify="right" if col not in ("backend", "model") else "left")
-    for r in rep["models"]:
-        cost = "?" if r["cost_usd"] is None else f"{r['cost_usd']:.4f}"
-        t.add_row(
-            r["backend"],
-            r["model"],
-            str(r["requests"]),
-            str(r["ok"]),
-            str(r["invalid"]),
-            str(r["errors"]),
-            str(r["prompt_tokens"]),
-            str(r["completion_tokens"]),
-            cost,
-        )
-    con.print(t)
+    con.print(_usage_table(rep))
+    if rep["batch_requests"]:
+        con.print(_batch_table(rep))
     if rep["failures"]:
         f = Table(title="Failures by reason")
         for col in ("backend", "model", "status", "reason", "count"):
@@ -315,10 +349,7 @@ def usage_cmd(
         for r in rep["failures"]:
             f.add_row(r["backend"], r["model"], r["status"], r["reason"], str(r["count"]))
         con.print(f)
-    total = f"${rep['total_cost_usd']:.4f}" + (
-        "" if rep["cost_complete"] else " + ? (models without a price)"
-    )
-    con.print(f"{sum(r['requests'] for r in rep['models'])} requests; estimated cost {total}", markup=False)
+    con.print(_usage_summary(rep), markup=False)
 
 
 # ---------------------------------------------------------------------- export / import
