@@ -2,11 +2,13 @@
 ``msta data prepare``, through the real training loader.
 
 Writes real mp4 files of realistic length (default 10 s at 25 fps, 320x240, H.264 with the encoder's
-default keyframe interval) into a temporary directory, prepares them, then loads 8-frame training
-clips at 224 px (training transforms, collation) through ``VideoDataset`` and a ``DataLoader`` with
-2 worker processes from both, and prints side by side: clips/s, clips/s per core, the ratio, the
-cores that would keep up with a GPU consuming 470 and 870 clips/s, preparation throughput and the
-bytes stored per video. The first batch of every row (worker start-up) is not timed.
+default keyframe interval) into a temporary directory, prepares them twice (``--chroma 444``, the
+default, and ``420``), then loads 8-frame training clips at 224 px (training transforms, collation)
+through ``VideoDataset`` and a ``DataLoader`` with 2 worker processes from each, as training does
+(the workers deliver uint8 clips; colour augmentation and normalisation run on the training
+device), and prints side by side: clips/s, clips/s per core, the ratios, the cores that would keep
+up with a GPU consuming 470 and 870 clips/s, preparation throughput and the bytes stored per video.
+The first batches of every row (worker start-up) are not timed.
 
     python bench/dataload.py [--videos 16] [--clips 64] [--seconds 10] [--workers 2]
 """
@@ -20,7 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-GPU_RATES = (470, 870)  # clips/s one H200 trains at (MSTA d128 bf16 batch 32; and a faster setting)
+GPU_RATES = (470, 870)
+CHROMAS = (
+    "444",
+    "420",
+)  # msta data prepare --chroma  # clips/s one H200 trains at (MSTA d128 bf16 batch 32; and a faster setting)
 
 
 def make_video(path: Path, seconds: float, fps: int, width: int, height: int, seed: int) -> None:
@@ -47,23 +53,26 @@ def make_video(path: Path, seconds: float, fps: int, width: int, height: int, se
         container.mux(stream.encode(None))
 
 
-def breakdown(root: Path, rels: list[str], prepared: bool, size: int, frames: int) -> tuple[float, float]:
-    """Mean milliseconds per clip spent reading (decoding) and transforming, in this process."""
+def breakdown(root: Path, rels: list[str], prepared: bool, size: int, frames: int) -> tuple[float, ...]:
+    """Mean milliseconds per clip, in this process: reading (decoding), the loader's transforms (crop,
+    resize, flip, colour map) and the finishing step that training runs on its device (colour
+    augmentation and normalisation; here on this CPU)."""
     from msta.data import segment_indices
-    from msta.transforms import train_transform
+    from msta.transforms import finish, train_views
     from msta.video import open_reader, prepared_path
 
     rng = np.random.default_rng(0)
-    t_read = t_tf = 0.0
+    times = np.zeros(3)
     for rel in rels:
         t0 = time.perf_counter()
         with open_reader(prepared_path(root, rel) if prepared else root / rel) as reader:
             clip = reader.get(segment_indices(reader.num_frames, frames, True, rng))
         t1 = time.perf_counter()
-        train_transform(clip, size, rng, hflip=True)
-        t_read += t1 - t0
-        t_tf += time.perf_counter() - t1
-    return 1000 * t_read / len(rels), 1000 * t_tf / len(rels)
+        video, colour = train_views(clip, size, rng, hflip=True)
+        t2 = time.perf_counter()
+        finish(video, colour)
+        times += (t1 - t0, t2 - t1, time.perf_counter() - t2)
+    return tuple(1000 * times / len(rels))
 
 
 def main() -> None:
@@ -84,7 +93,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="dataload-bench-") as tmp:
-        root, out = Path(tmp) / "raw", Path(tmp) / "prepared"
+        root = Path(tmp) / "raw"
         root.mkdir()
         t0 = time.perf_counter()
         items = [(f"v{i}.mp4", 0) for i in range(args.videos)]
@@ -95,28 +104,35 @@ def main() -> None:
             f"{args.videos} videos: {args.seconds:g} s at {args.fps} fps, {args.width}x{args.height}, H.264 "
             f"(default GOP), written in {time.perf_counter() - t0:.1f} s"
         )
-        report_prepare(root, out, args)
+        rows = {"raw pyav": (root, False)}
+        for chroma in CHROMAS:
+            out = Path(tmp) / f"prepared-{chroma}"
+            report_prepare(root, out, args, chroma)
+            rows[f"prep {chroma}"] = (out, True)
         rels = [rel for rel, _ in items]
         breakdown(out, rels[:1], True, args.size, args.frames)  # warm-up (lazy imports)
-        for name, where, prepared in (("raw pyav", root, False), ("prepared", out, True)):
-            read, tf = breakdown(where, rels, prepared, args.size, args.frames)
-            print(f"{name}: {read:.0f} ms reading + {tf:.0f} ms transforming per clip (one process)")
-        report_loader(items, root, out, args)
+        for name, (where, prepared) in rows.items():
+            read, tf, fin = breakdown(where, rels, prepared, args.size, args.frames)
+            print(
+                f"{name}: {read:.1f} ms reading + {tf:.1f} ms transforming per clip in a loader worker; "
+                f"then {fin:.1f} ms finishing (colour, normalisation) on the training device (here: the CPU)"
+            )
+        report_loader(items, rows, args)
 
 
-def report_prepare(root: Path, out: Path, args: argparse.Namespace) -> None:
+def report_prepare(root: Path, out: Path, args: argparse.Namespace, chroma: str) -> None:
     from msta.prepare import prepare_list
 
-    prep = prepare_list(root / "list.txt", root, out, workers=args.workers)
+    prep = prepare_list(root / "list.txt", root, out, workers=args.workers, chroma=chroma)
     per_core = args.videos / prep.seconds / max(1, args.workers)
     print(
-        f"prepare: {args.videos} videos in {prep.seconds:.1f} s with {args.workers} processes = "
+        f"prepare --chroma {chroma}: {args.videos} videos in {prep.seconds:.1f} s with {args.workers} processes = "
         f"{per_core:.2f} videos/s per core; {prep.bytes_out / args.videos / 1e6:.2f} MB per video "
         f"vs {prep.bytes_source / args.videos / 1e6:.2f} MB source ({prep.bytes_out / prep.bytes_source:.1f}x)"
     )
 
 
-def report_loader(items: list[tuple[str, int]], root: Path, out: Path, args: argparse.Namespace) -> None:
+def report_loader(items: list[tuple[str, int]], rows: dict[str, tuple[Path, bool]], args) -> None:
     from msta.data import loader_throughput
 
     print(
@@ -127,7 +143,7 @@ def report_loader(items: list[tuple[str, int]], root: Path, out: Path, args: arg
         + " ".join(f"{'cores@' + str(r):>10}" for r in GPU_RATES)
     )
     rates = {}
-    for name, where in (("raw pyav", root), ("prepared", out)):
+    for name, (where, _) in rows.items():
         res = loader_throughput(
             items, where, workers=args.workers, clips=args.clips, input_size=args.size,
             num_frames=args.frames, batch_size=args.batch_size,
@@ -136,7 +152,9 @@ def report_loader(items: list[tuple[str, int]], root: Path, out: Path, args: arg
         core = rate / max(1, args.workers)
         need = " ".join(f"{int(np.ceil(r / core)):>10d}" for r in GPU_RATES)
         print(f"{name:<9} {rate:>9.2f} {core:>9.2f} {need}", flush=True)
-    print(f"prepared / raw: {rates['prepared'] / rates['raw pyav']:.1f}x (goal: at least 10x)")
+    for chroma in CHROMAS:
+        ratio = rates[f"prep {chroma}"] / rates["raw pyav"]
+        print(f"prepared ({chroma}) / raw: {ratio:.1f}x (goal: at least 10x)")
 
 
 if __name__ == "__main__":

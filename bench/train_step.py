@@ -131,6 +131,7 @@ def loader_batches(args, model, device) -> Iterator[tuple]:
     from torch.utils.data import DataLoader
 
     from msta.data import VideoDataset, read_video_list
+    from msta.transforms import batch_video
 
     items = read_video_list(args.loader)
     labels_seen = max(label for _, label in items) + 1
@@ -145,6 +146,7 @@ def loader_batches(args, model, device) -> Iterator[tuple]:
         hflip=True,
         decoder=args.decoder,
         stats=model.input_stats,
+        defer_colour=True,  # uint8 clips from the workers; colour and normalisation on the GPU
     )
     loader = DataLoader(
         dataset,
@@ -156,7 +158,7 @@ def loader_batches(args, model, device) -> Iterator[tuple]:
     )
     while True:
         for batch in loader:
-            yield batch["video"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
+            yield batch_video(batch, device), batch["label"].to(device, non_blocking=True)
 
 
 def build(kind: str, args, device):

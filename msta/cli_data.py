@@ -148,17 +148,23 @@ def prepare_command(
     ),
     short_side: int = typer.Option(256, "--short-side", min=16, help="Largest stored short side (px)."),
     quality: int = typer.Option(90, "--quality", min=50, max=100, help="JPEG quality of the stored frames."),
+    chroma: str = typer.Option(
+        "444",
+        "--chroma",
+        help="JPEG chroma sampling: 444 (full, faithful) or 420 (a third smaller, faster to read).",
+    ),
 ) -> None:
     """Decode every video of the list once into frame banks built for random access (all frames, JPEG,
     short side at most 256 px). Safe to rerun or resume; unreadable videos are listed, not fatal."""
-    from msta.prepare import REPORT_NAME, parse_shard, prepare_list
+    from msta.prepare import REPORT_NAME, Encoding, parse_shard, prepare_list
 
-    parse_shard(shard)  # a bad --shard fails before the progress bar starts
+    parse_shard(shard)  # a bad --shard or --chroma fails before the progress bar starts
+    Encoding(short_side, quality, chroma).check()
     progress, update = _progress("Preparing videos")
     with progress:
         res = prepare_list(
             list_file, root, out, workers=workers, shard=shard, short_side=short_side, quality=quality,
-            progress=update,
+            progress=update, chroma=chroma,
         )  # fmt: skip
     mb_out, mb_src = res.bytes_out / 1e6, res.bytes_source / 1e6
     typer.echo(

@@ -29,6 +29,7 @@ from msta.run import (
     pick_device,
     read_list,
 )
+from msta.transforms import batch_video
 from msta.views import parse_views
 
 BASELINE = "names"
@@ -93,7 +94,7 @@ def video_features(model, cfg, items, root: str, views: tuple[int, int], device)
     feats, labels = [], []
     with torch.no_grad(), autocast(device):
         for batch in loader:
-            video = batch["video"].to(device)
+            video = batch_video(batch, device)
             if video.dim() == 5:
                 video = video.unsqueeze(1)
             b, v = video.shape[:2]

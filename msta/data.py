@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from msta.transforms import Stats, eval_transform, train_transform
+from msta.transforms import Stats, eval_views, finish, train_views
 from msta.video import DataError, VideoReadError, check_decoder, is_prepared, open_reader, prepared_path
 from msta.views import parse_views
 
@@ -263,7 +263,11 @@ class VideoDataset(Dataset):
     """Videos from a list, sampled and transformed; ``dataset[i]`` returns a dict with
 
     * ``video``: float ``[T, 3, S, S]`` (or ``[V, T, 3, S, S]`` for multi-view evaluation, views
-      ordered clip-major: clip 0 crops 0..C-1, clip 1 ...),
+      ordered clip-major: clip 0 crops 0..C-1, clip 1 ...); with ``defer_colour=True`` the uint8
+      clip before its colour augmentation and normalisation, and
+    * ``colour`` (only with ``defer_colour=True``): float ``[..., 3, 9]``, the colour map that
+      :func:`msta.transforms.finish` (or ``batch_video``) applies on the training device, so that
+      loader workers do the least work and send a quarter of the bytes,
     * ``label``: int, the label of the video actually returned,
     * ``index``: int, the requested index,
     * ``source``: int, the index of the video actually returned (differs after a replacement),
@@ -289,6 +293,7 @@ class VideoDataset(Dataset):
         max_retries: int = 10,
         threads: int = 1,
         stats: Stats | None = None,
+        defer_colour: bool = False,
     ) -> None:
         check_decoder(decoder)
         if num_frames <= 0 or input_size <= 0:
@@ -310,6 +315,7 @@ class VideoDataset(Dataset):
         self.max_retries = int(max_retries)
         self.threads = int(threads)
         self.stats = stats  # (mean, std) per channel; None: CLIP's
+        self.defer_colour = bool(defer_colour)
         self.prepared = is_prepared(self.root)  # frame banks of `msta data prepare`, by the manifest
         # In shared memory, so that persistent DataLoader workers see set_epoch() calls too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -334,7 +340,8 @@ class VideoDataset(Dataset):
         rel = self.items[index][0]
         return prepared_path(self.root, rel) if self.prepared else self.root / rel
 
-    def _load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+    def _load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 views of video ``index`` and their colour maps (see :func:`msta.transforms.finish`)."""
         clips, crops = self.views
         with open_reader(self.path_of(index), self.decoder, threads=self.threads) as reader:
             n = reader.num_frames
@@ -347,13 +354,17 @@ class VideoDataset(Dataset):
             flat = [i for idx in per_clip for i in idx]
             frames = reader.get(flat)
         if self.train:
-            return train_transform(frames, self.input_size, rng, self.hflip, self.stats)
+            return train_views(frames, self.input_size, rng, self.hflip, self.stats)
         t = self.num_frames
-        views: list[torch.Tensor] = []
-        for k in range(clips):
-            v = eval_transform(frames[k * t : (k + 1) * t], self.input_size, crops, self.stats)
-            views.extend([v] if crops == 1 else list(v))
-        return views[0] if len(views) == 1 else torch.stack(views)
+        views = [
+            eval_views(frames[k * t : (k + 1) * t], self.input_size, crops, self.stats) for k in range(clips)
+        ]
+        if clips == 1:
+            return views[0]
+        return (
+            torch.cat([v if crops > 1 else v.unsqueeze(0) for v, _ in views]),
+            torch.cat([c if crops > 1 else c.unsqueeze(0) for _, c in views]),
+        )
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         threads = torch.get_num_threads()
@@ -379,7 +390,7 @@ class VideoDataset(Dataset):
         for attempt in range(self.max_retries + 1):
             rng = sample_rng(self.seed, epoch, index, attempt)
             try:
-                video = self._load(source, rng)
+                video, colour = self._load(source, rng)
             except VideoReadError as exc:
                 last_error = str(exc)
                 _warn_once(str(self.path_of(source)), f"skipping unreadable video: {exc}")
@@ -389,8 +400,10 @@ class VideoDataset(Dataset):
                     nxt = (nxt + 1 + int(pick.integers(len(self.items) - 1))) % len(self.items)
                 source = nxt
                 continue
+            extra = {"colour": colour} if self.defer_colour else {}
             return {
-                "video": video,
+                "video": video if self.defer_colour else finish(video, colour),
+                **extra,
                 "label": self.items[source][1],
                 "index": index,
                 "source": source,
@@ -416,8 +429,12 @@ def loader_throughput(
     decoder: str = "pyav",
 ) -> dict[str, Any]:
     """Clips per second of the training loader (decode + training transforms + collation) over
-    ``clips`` clips of ``items`` (repeated as needed). The first batch (worker start-up) is not timed
-    unless it is the only one."""
+    ``clips`` clips of ``items`` (repeated as needed), as training runs it: the workers deliver uint8
+    clips and their colour maps, which the training step finishes on its device.
+
+    The first ``max(1, workers)`` batches (worker start-up, built in parallel) are not timed, unless
+    there are no others: the rate is that of the batches after them, from the arrival of the last
+    untimed batch to the arrival of the last batch."""
     import time
 
     from torch.utils.data import DataLoader
@@ -426,18 +443,18 @@ def loader_throughput(
         raise DataError("clips and batch size must be positive, workers not negative")
     reps = -(-clips // len(items))
     ds = VideoDataset((list(items) * reps)[:clips], root, num_frames, True, input_size, hflip=True,
-                      decoder=decoder, seed=0)  # fmt: skip
+                      decoder=decoder, seed=0, defer_colour=True)  # fmt: skip
     loader = DataLoader(ds, batch_size=min(batch_size, clips), num_workers=workers, shuffle=False)
     start = time.perf_counter()
-    it = iter(loader)
-    first = next(it)["video"].shape[0]
-    t_first = time.perf_counter()
-    rest = sum(batch["video"].shape[0] for batch in it)
-    end = time.perf_counter()
-    timed, seconds = (rest, end - t_first) if rest else (first, t_first - start)
+    arrivals = [(start, 0)]
+    for batch in loader:
+        arrivals.append((time.perf_counter(), int(batch["video"].shape[0])))
+    skip = min(max(1, workers), len(arrivals) - 2) if len(arrivals) > 2 else 0
+    timed = sum(n for _, n in arrivals[skip + 1 :])
+    seconds = arrivals[-1][0] - arrivals[skip][0]
     return {
         "clips_per_s": timed / seconds if seconds > 0 else float("nan"),
-        "clips": first + rest,
+        "clips": sum(n for _, n in arrivals),
         "timed_clips": timed,
         "seconds": seconds,
         "workers": workers,
@@ -445,6 +462,7 @@ def loader_throughput(
         "frames": num_frames,
         "input_size": input_size,
         "prepared": ds.prepared,
+        "colour": "on the training device",
         "root": str(root),
     }
 

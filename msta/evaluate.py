@@ -33,6 +33,7 @@ from msta.run import (
     run_config,
     train_classes_spec,
 )
+from msta.transforms import batch_video
 from msta.views import parse_views
 
 
@@ -86,7 +87,7 @@ def evaluate_split(
             )
             for batch in loader:
                 labels = batch["label"]
-                scores = _video_scores(model, batch["video"].to(env.device, non_blocking=True), text)
+                scores = _video_scores(model, batch_video(batch, env.device), text)
                 top = scores.topk(k, dim=-1).indices.cpu()
                 for idx, lab, t in zip(batch["index"].tolist(), labels.tolist(), top.tolist(), strict=True):
                     rows.append((int(idx), int(lab), t))

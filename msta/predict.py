@@ -88,6 +88,7 @@ def class_probabilities(model, cfg: Config, path: Path, names: Sequence[str], vi
     """Softmax over ``names`` for one video (the mean over its views)."""
     import torch
 
+    from msta.transforms import batch_video
     from msta.video import DataError, VideoReadError, open_reader
 
     try:  # a video that cannot be opened at all: one line, before the dataset's retry and warning
@@ -110,7 +111,7 @@ def class_probabilities(model, cfg: Config, path: Path, names: Sequence[str], vi
         sample = ds[0]
     except DataError as exc:
         raise TrainError(f"cannot read {path}: {exc}") from None
-    x = sample["video"].unsqueeze(0).to(device)
+    x = batch_video(sample, device).unsqueeze(0)
     with torch.no_grad(), autocast(device):
         text = model.encode_class_prompts(list(names))
         if x.dim() == 6:

@@ -2,9 +2,9 @@
 
 Format (read by :class:`msta.video.PreparedReader`): one file per video,
 ``<out>/videos/<list path>.jpgs``, holding **every** decoded frame in decoding order as a JPEG
-(quality 90, 4:4:4 chroma by default), resized so that the short side is at most 256 px (the short side the
-transforms resize to for a 224 px input; smaller videos keep their size), with an offset table in
-front. Frame ``i`` of the bank is frame ``i`` of the raw video, so TSN sampling (``segment_indices``)
+(quality 90, full 4:4:4 chroma by default, or 4:2:0 with ``--chroma 420``), resized so that the short
+side is at most 256 px (the short side the transforms resize to for a 224 px input; smaller videos
+keep their size), with an offset table in front. Frame ``i`` of the bank is frame ``i`` of the raw video, so TSN sampling (``segment_indices``)
 picks the same indices and the same frames with the same lists; a clip reads only its 8 JPEGs.
 
 Robustness:
@@ -48,6 +48,24 @@ from msta.video import (
 
 SHORT_SIDE = 256
 QUALITY = 90
+CHROMA = {"444": 0, "420": 2}  # --chroma: Pillow's JPEG subsampling code (4:4:4 full, 4:2:0 halved)
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How frames are stored: the largest short side, the JPEG quality, the chroma sampling."""
+
+    short_side: int = SHORT_SIDE
+    quality: int = QUALITY
+    chroma: str = "444"
+
+    def check(self) -> None:
+        if self.chroma not in CHROMA:
+            raise DataError(f"chroma must be one of {', '.join(CHROMA)}, not {self.chroma!r}")
+        if not 1 <= self.quality <= 100 or self.short_side < 1:
+            raise DataError("quality must be 1..100 and short side positive")
+
+
 REPORT_NAME = "prepare-report.txt"
 FORMAT_VERSION = 1
 
@@ -94,7 +112,7 @@ def _target_size(h: int, w: int, short_side: int) -> tuple[int, int]:
     return max(1, int(round(h * f))), max(1, int(round(w * f)))
 
 
-def _encode_frames(src: Path, short_side: int, quality: int) -> tuple[list[bytes], int, int]:
+def _encode_frames(src: Path, enc: Encoding) -> tuple[list[bytes], int, int]:
     """Every frame of ``src`` as JPEG bytes, in decoding order, and the stored height and width."""
     import av
     from PIL import Image
@@ -108,11 +126,11 @@ def _encode_frames(src: Path, short_side: int, quality: int) -> tuple[list[bytes
             for frame in container.decode(container.streams.video[0]):
                 img = frame.to_image()
                 if size is None:
-                    size = _target_size(img.height, img.width, short_side)
+                    size = _target_size(img.height, img.width, enc.short_side)
                 if (img.height, img.width) != size:
                     img = img.resize((size[1], size[0]), Image.BILINEAR)
                 buf = io.BytesIO()
-                img.save(buf, format="JPEG", quality=quality, subsampling=0)  # 4:4:4
+                img.save(buf, format="JPEG", quality=enc.quality, subsampling=CHROMA[enc.chroma])
                 jpegs.append(buf.getvalue())
     except VideoReadError:
         raise
@@ -153,7 +171,7 @@ def _stored_info(dst: Path) -> dict[str, int] | None:
     return {"frames": n, "height": h, "width": w, "bytes": size}
 
 
-def prepare_one(src: Path, dst: Path, short_side: int = SHORT_SIDE, quality: int = QUALITY) -> dict[str, Any]:
+def prepare_one(src: Path, dst: Path, enc: Encoding = Encoding()) -> dict[str, Any]:
     """Prepare one video (skipped when already stored). ``{"status": "done"|"skipped"|"failed", ...}``."""
     info = _stored_info(dst)
     source_bytes = src.stat().st_size if src.is_file() else 0
@@ -164,7 +182,7 @@ def prepare_one(src: Path, dst: Path, short_side: int = SHORT_SIDE, quality: int
     try:
         if not src.is_file():
             raise VideoReadError(f"video not found: {src}")
-        jpegs, h, w = _encode_frames(src, short_side, quality)
+        jpegs, h, w = _encode_frames(src, enc)
     except VideoReadError as exc:
         return {"status": "failed", "error": str(exc)}
     size = _write_bank(dst, jpegs, h, w)
@@ -172,10 +190,10 @@ def prepare_one(src: Path, dst: Path, short_side: int = SHORT_SIDE, quality: int
             "source_bytes": source_bytes}  # fmt: skip
 
 
-def _job(args: tuple[str, str, str, int, int]) -> tuple[str, dict[str, Any]]:
-    rel, src, dst, short_side, quality = args
+def _job(args: tuple[str, str, str, Encoding]) -> tuple[str, dict[str, Any]]:
+    rel, src, dst, enc = args
     try:
-        return rel, prepare_one(Path(src), Path(dst), short_side, quality)
+        return rel, prepare_one(Path(src), Path(dst), enc)
     except OSError as exc:  # the output side (disk full, permissions): fatal for the run
         return rel, {"status": "error", "error": f"cannot write {dst}: {exc.strerror or exc}"}
 
@@ -192,9 +210,12 @@ def prepare_list(
     short_side: int = SHORT_SIDE,
     quality: int = QUALITY,
     progress: Callable[[int, int], None] | None = None,
+    chroma: str = "444",
 ) -> PrepareResult:
     """Prepare the videos of a list (or of one shard of it) into ``out``; see the module docstring."""
     i, n = parse_shard(shard)
+    enc = Encoding(short_side, quality, chroma)
+    enc.check()
     root_p, out_p = Path(root).expanduser(), Path(out).expanduser()
     if not root_p.is_dir():
         raise DataError(f"video root is not a directory: {root_p}")
@@ -205,7 +226,7 @@ def prepare_list(
     out_p.mkdir(parents=True, exist_ok=True)
     result = PrepareResult(out=out_p, total=len(mine))
     t0 = time.perf_counter()
-    jobs = [(rel, str(root_p / rel), str(prepared_path(out_p, rel)), short_side, quality) for rel in mine]
+    jobs = [(rel, str(root_p / rel), str(prepared_path(out_p, rel)), enc) for rel in mine]
     videos: dict[str, dict[str, Any]] = {}
     for rel, res in _run_jobs(jobs, workers, progress):
         status = res.pop("status")
@@ -221,7 +242,7 @@ def prepare_list(
         result.bytes_source += res["source_bytes"]
     result.seconds = time.perf_counter() - t0
     part = {"list": str(list_file), "shard": [i, n], "videos": videos, "failed": result.failed,
-            "settings": {"short_side": short_side, "quality": quality}}  # fmt: skip
+            "settings": {"short_side": short_side, "quality": quality, "chroma": chroma}}  # fmt: skip
     _write_json(out_p / "parts" / f"{_list_id(paths)}-{i}-of-{n}.json", part)
     result.manifest_written = write_manifest(out_p)
     return result
@@ -332,4 +353,4 @@ def write_manifest(out: str | Path) -> bool:
     return True
 
 
-__all__ = ["PrepareResult", "parse_shard", "prepare_list", "prepare_one", "write_manifest"]
+__all__ = ["Encoding", "PrepareResult", "parse_shard", "prepare_list", "prepare_one", "write_manifest"]

@@ -154,7 +154,8 @@ def make_dataset(
     stats: tuple | None = None,
 ):
     """The one video dataset of training, evaluation and prediction (``stats``: the backbone's
-    input mean and std, ``model.input_stats``)."""
+    input mean and std, ``model.input_stats``). Its samples are uint8 clips with their colour maps:
+    read them with :func:`msta.transforms.batch_video`, which finishes them on the device."""
     from msta import data as mdata
 
     return mdata.VideoDataset(
@@ -169,6 +170,7 @@ def make_dataset(
         views=views,
         max_retries=max_retries,
         stats=stats,
+        defer_colour=True,
     )
 
 

@@ -55,6 +55,7 @@ from msta.run import (
     train_classes_spec,
 )
 from msta.schedule import lr_factor
+from msta.transforms import batch_video
 
 # --------------------------------------------------------------------------- descriptions
 
@@ -746,7 +747,7 @@ class TrainRecipe:
     def _micro_step(self, batch: dict[str, Any]) -> float:
         """Forward and backward of one micro-batch (the gradient scaled by 1 / accum_steps)."""
         env, model, accum = self.env, self.model, self.cfg.optim.accum_steps
-        video = batch["video"].to(env.device, non_blocking=True)
+        video = batch_video(batch, env.device)
         labels = batch["label"].to(env.device, non_blocking=True)
         precision = autocast(env.device) if self.cfg.run.precision == "bf16" else contextlib.nullcontext()
         with precision:

@@ -6,6 +6,12 @@ Evaluation resizes the short side to ``S*256/224`` and takes the centre crop (or
 spatial crops, resizes the short side to ``S`` and takes left/centre/right crops).
 All frames of a clip share the same random parameters; the output is normalised with CLIP's
 mean and standard deviation.
+
+Colour jitter and greyscale are linear in RGB, so a clip's whole colour augmentation is folded into
+one affine map (a 3x3 matrix and a per-frame offset, :func:`colour_affine`) applied in a single pass
+and clamped once; brightness, contrast and saturation equal torchvision's ``ColorJitter`` wherever its
+intermediate clamps do not bite, and hue is a rotation about the grey axis (close to HSV's hue shift
+at a small fraction of its cost).
 """
 
 from __future__ import annotations
@@ -155,11 +161,100 @@ def _crop_resize(frames: torch.Tensor, box: Box, size: int) -> torch.Tensor:
     return TF.resize(crop, [size, size], antialias=True)
 
 
-def _normalize(x: torch.Tensor, stats: Stats | None = None) -> torch.Tensor:
-    mean, std = stats or (CLIP_MEAN, CLIP_STD)
-    mean = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights: the grey level of greyscale and saturation
+
+
+def _grey_matrix() -> np.ndarray:
+    return np.tile(np.asarray(LUMA), (3, 1))  # every output channel = luma
+
+
+def _hue_matrix(turns: float) -> np.ndarray:
+    """Rotation of RGB space about the grey axis ``(1, 1, 1)`` by ``turns`` of a full turn (Rodrigues'
+    formula): greys stay, red turns towards yellow for a positive angle, as an HSV hue shift does."""
+    a = 2 * np.pi * turns
+    k = np.array([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / np.sqrt(
+        3
+    )  # cross product with the unit axis
+    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
+
+
+def colour_affine(params: TrainParams | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The colour jitter and greyscale of a clip as one affine map, on ``[0, 1]`` RGB.
+
+    Returns ``(a, m, c)`` with ``out = a @ rgb + m @ mean_t + c`` for every pixel of frame ``t``,
+    ``mean_t`` being that frame's mean RGB (contrast blends towards the frame's mean grey, a linear
+    function of its mean colour). Brightness scales; contrast blends with the mean grey; saturation
+    blends with the pixel's grey; hue turns the colours about the grey axis by ``hue`` of a full turn
+    (an HSV-like hue shift); all in the drawn order, then greyscale. The result is clamped to
+    ``[0, 1]`` once, after the whole map.
+    """
+    a, m, c = np.eye(3), np.zeros((3, 3)), np.zeros(3)
+    jitter = params.jitter if params is not None else None
+    luma = np.asarray(LUMA)
+    for op in jitter.order if jitter is not None else ():
+        if op == 0:
+            f = jitter.brightness
+            a, m, c = f * a, f * m, f * c
+        elif op == 1:
+            k = jitter.contrast  # the image's mean is (a + m) @ mean + c; its grey: luma @ that
+            m = k * m + (1 - k) * np.outer(np.ones(3), luma @ (a + m))
+            a, c = k * a, k * c + (1 - k) * float(luma @ c)
+        else:
+            s = jitter.saturation
+            op_m = s * np.eye(3) + (1 - s) * _grey_matrix() if op == 2 else _hue_matrix(jitter.hue)
+            a, m, c = op_m @ a, op_m @ m, op_m @ c
+    if params is not None and params.grey:
+        g = _grey_matrix()
+        a, m, c = g @ a, g @ m, g @ c
+    return a, m, c
+
+
+COLOUR_COLUMNS = 9  # per output channel: 3 pixel weights, 3 frame-mean weights, offset, low, high
+
+
+def colour_map(params: TrainParams | None = None, stats: Stats | None = None) -> torch.Tensor:
+    """The map from a clip's uint8 RGB values to the model's input, as float32 ``[3, 9]``.
+
+    Per output channel: three weights on the pixel's 0..255 RGB values, three on the frame's mean
+    RGB (for contrast), an offset, and the lower and upper bound of the clamp; the colour
+    augmentation of ``params`` (none for evaluation), the scaling to ``[0, 1]`` and the normalisation
+    with ``stats`` are folded in. It does not look at the pixels, so a loader worker computes it for
+    free, and :func:`finish` applies it on the training device in a few whole-tensor operations.
+    """
+    mean, std = (np.asarray(v, dtype=np.float64) for v in (stats or (CLIP_MEAN, CLIP_STD)))
+    a, m, c = colour_affine(params)
+    out = np.empty((3, COLOUR_COLUMNS))
+    out[:, 0:3] = a / (255.0 * std[:, None])
+    out[:, 3:6] = m / (255.0 * std[:, None])
+    out[:, 6] = (c - mean) / std
+    out[:, 7] = -mean / std
+    out[:, 8] = (1.0 - mean) / std
+    return torch.from_numpy(out.astype(np.float32))
+
+
+def finish(video: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """uint8 clips ``[..., T, 3, H, W]`` and their :func:`colour_map` ``[..., 3, 9]`` -> normalised
+    float ``[..., T, 3, H, W]``; batched, on the tensors' device (the training device for batches)."""
+    *lead, t, ch, h, w = video.shape
+    n = int(np.prod(lead)) if lead else 1
+    cm = colour.reshape(n, 3, COLOUR_COLUMNS).to(torch.float32)
+    x = video.reshape(n, t, ch, h * w).to(torch.float32)
+    offset = cm[:, None, :, 6]  # [n, 1, 3]
+    if bool(cm[:, :, 3:6].any()):
+        offset = offset + torch.einsum("ncj,ntj->ntc", cm[:, :, 3:6], x.mean(dim=3))
+    y = torch.matmul(cm[:, None, :, 0:3], x).add_(offset.unsqueeze(-1))
+    y = torch.maximum(y, cm[:, None, :, 7:8], out=y)
+    y = torch.minimum(y, cm[:, None, :, 8:9], out=y)
+    return y.view(*lead, t, ch, h, w)
+
+
+def batch_video(batch: dict, device: torch.device | str, non_blocking: bool = True) -> torch.Tensor:
+    """The model input of a loader batch (or one sample) on ``device``: uint8 clips with their
+    ``colour`` maps are moved as uint8 and finished there; float clips are moved as they are."""
+    video = batch["video"].to(device, non_blocking=non_blocking)
+    if "colour" not in batch:
+        return video
+    return finish(video, batch["colour"].to(device, non_blocking=non_blocking))
 
 
 def _as_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -170,30 +265,19 @@ def _as_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2)
 
 
-def apply_train_transform(
-    frames: np.ndarray | torch.Tensor, params: TrainParams, input_size: int, stats: Stats | None = None
-) -> torch.Tensor:
-    """uint8 ``[T, H, W, 3]`` -> normalised float ``[T, 3, S, S]`` with the given parameters."""
-    import torchvision.transforms.v2.functional as TF
-
+def train_views(
+    frames: np.ndarray | torch.Tensor,
+    input_size: int,
+    rng: np.random.Generator,
+    hflip: bool,
+    stats: Stats | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training augmentation of one clip, unfinished: uint8 ``[T, 3, S, S]`` (crop, resize, flip)
+    and its colour map ``[3, 9]`` (jitter, greyscale, normalisation; see :func:`finish`)."""
+    h, w = int(frames.shape[1]), int(frames.shape[2])
+    params = draw_train_params(h, w, input_size, rng, hflip)
     x = _crop_resize(_as_tensor(frames), params.box, input_size)
-    if params.flip:
-        x = x.flip(-1)
-    x = x.float().div_(255.0)
-    if params.jitter is not None:
-        j = params.jitter
-        for op in j.order:
-            if op == 0:
-                x = TF.adjust_brightness(x, j.brightness)
-            elif op == 1:
-                x = TF.adjust_contrast(x, j.contrast)
-            elif op == 2:
-                x = TF.adjust_saturation(x, j.saturation)
-            else:
-                x = TF.adjust_hue(x, j.hue)
-    if params.grey:
-        x = TF.rgb_to_grayscale(x, num_output_channels=3)
-    return _normalize(x, stats).contiguous()
+    return (x.flip(-1) if params.flip else x), colour_map(params, stats)
 
 
 def train_transform(
@@ -204,21 +288,28 @@ def train_transform(
     stats: Stats | None = None,
 ) -> torch.Tensor:
     """Training augmentation of one clip: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]``."""
+    return finish(*train_views(frames, input_size, rng, hflip, stats))
+
+
+def eval_views(
+    frames: np.ndarray | torch.Tensor, input_size: int, num_crops: int = 1, stats: Stats | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evaluation crops of one clip, unfinished: uint8 ``[T, 3, S, S]`` (``[3, T, 3, S, S]`` for
+    three crops) and the matching colour map (normalisation only)."""
     h, w = int(frames.shape[1]), int(frames.shape[2])
-    return apply_train_transform(frames, draw_train_params(h, w, input_size, rng, hflip), input_size, stats)
+    x = _as_tensor(frames)
+    views = [_crop_resize(x, box, input_size) for box in eval_crop_boxes(h, w, input_size, num_crops)]
+    colour = colour_map(None, stats)
+    if num_crops == 1:
+        return views[0], colour
+    return torch.stack(views), colour.expand(num_crops, *colour.shape).contiguous()
 
 
 def eval_transform(
     frames: np.ndarray | torch.Tensor, input_size: int, num_crops: int = 1, stats: Stats | None = None
 ) -> torch.Tensor:
     """Evaluation views of one clip: ``[T, 3, S, S]`` for one crop, ``[3, T, 3, S, S]`` for three."""
-    h, w = int(frames.shape[1]), int(frames.shape[2])
-    x = _as_tensor(frames)
-    views = [
-        _normalize(_crop_resize(x, box, input_size).float().div_(255.0), stats)
-        for box in eval_crop_boxes(h, w, input_size, num_crops)
-    ]
-    return views[0].contiguous() if num_crops == 1 else torch.stack(views).contiguous()
+    return finish(*eval_views(frames, input_size, num_crops, stats))
 
 
 __all__ = [
@@ -227,11 +318,16 @@ __all__ = [
     "Box",
     "Jitter",
     "TrainParams",
-    "apply_train_transform",
+    "batch_video",
+    "colour_map",
+    "colour_affine",
     "draw_train_params",
     "eval_crop_boxes",
     "eval_transform",
+    "eval_views",
+    "finish",
     "multiscale_crop_box",
     "scale_size",
     "train_transform",
+    "train_views",
 ]

@@ -41,6 +41,23 @@ def test_sample_layout(synth: Path) -> None:
     assert s["label"] == ds.items[5][1] and s["index"] == 5 and s["source"] == 5 and s["skipped"] == 0
 
 
+@pytest.mark.parametrize(("train", "views"), [(True, (1, 1)), (False, (1, 1)), (False, (2, 3))])
+def test_deferred_colour_gives_the_same_clips_after_finishing(synth: Path, train: bool, views) -> None:
+    from msta.transforms import batch_video
+
+    eager, deferred = make(synth, train, views=views), make(synth, train, views=views, defer_colour=True)
+    for i in range(len(eager)):
+        a, b = eager[i], deferred[i]
+        assert b["video"].dtype == torch.uint8 and "colour" not in a
+        assert b["colour"].shape == (*b["video"].shape[:-4], 3, 9)
+        assert torch.allclose(batch_video(b, "cpu"), a["video"], atol=1e-5)
+    loader = torch.utils.data.DataLoader(deferred, batch_size=4, num_workers=0)
+    batch = next(iter(loader))
+    assert torch.allclose(
+        batch_video(batch, "cpu"), torch.stack([eager[i]["video"] for i in range(4)]), atol=1e-5
+    )
+
+
 def test_samples_are_a_function_of_seed_epoch_and_index(synth: Path) -> None:
     a, b = make(synth), make(synth)
     # order of access does not matter

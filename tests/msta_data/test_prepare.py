@@ -71,12 +71,13 @@ def test_frame_indices_are_those_of_the_raw_video(tmp_path):
     assert prepare_one(src, dst)["status"] == "skipped"
 
 
-@pytest.mark.parametrize("views", ["1x1", "2x3"])
-def test_prepared_eval_clips_match_raw_decoding(videos, tmp_path, views):
+@pytest.mark.parametrize(("views", "chroma"), [("1x1", "444"), ("2x3", "444"), ("1x1", "420")])
+def test_prepared_eval_clips_match_raw_decoding(videos, tmp_path, views, chroma):
     root, list_file = videos
     out = tmp_path / "prep"
-    res = prepare_list(list_file, root, out, short_side=128)
+    res = prepare_list(list_file, root, out, short_side=128, chroma=chroma)
     assert res.prepared == 2 and not res.failed and res.manifest_written and is_prepared(out)
+    assert json.loads((out / "prepared.json").read_text())["chroma"] == chroma
     with open_reader(prepared_path(out, "big.mp4")) as r:
         assert (r.height, r.width) == (128, 166)  # short side brought down to 128
     items = [("a/small.mp4", 0), ("big.mp4", 1)]
@@ -137,6 +138,15 @@ def test_shards_write_the_manifest_when_all_parts_exist(videos, tmp_path):
     assert manifest["num_videos"] == 5 and not manifest["failed"]
     again = prepare_list(list_file, root, out)  # a final run without --shard: nothing left to do
     assert again.skipped == 5 and again.prepared == 0 and again.manifest_written
+
+
+def test_bad_chroma_is_a_user_error(videos, tmp_path, run_msta):
+    root, list_file = videos
+    out = tmp_path / "prep"
+    res = run_msta("data", "prepare", "--list", str(list_file), "--root", str(root), "--out", str(out),
+                   "--chroma", "422", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 2 and res.stderr.startswith("error: chroma must be one of 444, 420")
+    assert not out.exists()
 
 
 def test_bad_shard_is_a_user_error(videos, tmp_path, run_msta):

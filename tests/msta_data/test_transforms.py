@@ -9,11 +9,18 @@ import torch
 from msta.transforms import (
     CLIP_MEAN,
     CLIP_STD,
+    Box,
+    Jitter,
+    TrainParams,
+    colour_map,
     draw_train_params,
     eval_crop_boxes,
     eval_transform,
+    eval_views,
+    finish,
     multiscale_crop_box,
     train_transform,
+    train_views,
 )
 
 
@@ -117,3 +124,61 @@ def test_three_crops_cover_the_long_side() -> None:
     assert [b.y for b in tall] == [0, 40, 80]
     (centre,) = eval_crop_boxes(256, 256, 224, num_crops=1)
     assert (centre.x, centre.y, centre.w, centre.h) == (16, 16, 224, 224)
+
+
+def _torchvision_jitter(x: torch.Tensor, j) -> torch.Tensor:
+    import torchvision.transforms.v2.functional as TF
+
+    ops = {
+        0: lambda v: TF.adjust_brightness(v, j.brightness),
+        1: lambda v: TF.adjust_contrast(v, j.contrast),
+        2: lambda v: TF.adjust_saturation(v, j.saturation),
+        3: lambda v: TF.adjust_hue(v, j.hue),
+    }
+    for op in j.order:
+        x = ops[op](x)
+    return x
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2, 3), (3, 2, 1, 0), (1, 3, 0, 2), (2, 0, 3, 1)])
+def test_colour_map_equals_torchvision_jitter_without_clamping(order) -> None:
+    # mid-range pixels: torchvision's intermediate clamps never bite, so the two must agree
+    rng = np.random.default_rng(len(order) + order[0])
+    clip = torch.as_tensor(rng.integers(90, 166, size=(3, 3, 20, 24), dtype=np.uint8))
+    jitter = Jitter(brightness=1.15, contrast=0.8, saturation=1.25, hue=0.0, order=order)
+    params = TrainParams(box=Box(0, 0, 24, 20), flip=False, jitter=jitter, grey=False)
+    unit = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    got = finish(clip, colour_map(params, unit))
+    want = _torchvision_jitter(clip.float() / 255, jitter)
+    assert torch.allclose(got, want, atol=1e-5)
+    # with normalisation folded in, the same up to the affine change of units
+    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+    assert torch.allclose(finish(clip, colour_map(params)), (want - mean) / std, atol=1e-4)
+
+
+def test_hue_turns_colours_about_the_grey_axis() -> None:
+    unit = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    pixels = torch.tensor([[200, 40, 40], [128, 128, 128], [40, 160, 90]], dtype=torch.uint8)
+    clip = pixels.T.reshape(1, 3, 1, 3)  # one frame, three pixels in a row
+
+    def hue(turns: float) -> torch.Tensor:
+        j = Jitter(brightness=1.0, contrast=1.0, saturation=1.0, hue=turns, order=(3, 0, 1, 2))
+        return finish(clip, colour_map(TrainParams(Box(0, 0, 3, 1), False, j, False), unit))[0, :, 0].T
+
+    assert torch.allclose(hue(0.0), pixels.float() / 255, atol=1e-6)
+    assert torch.allclose(hue(0.08)[1], torch.full((3,), 128 / 255), atol=1e-6)  # grey stays grey
+    red = hue(0.08)[0]
+    assert red[1] > red[2] + 0.1  # red turns towards yellow (green rises), as torchvision's hue shift does
+    ref = _torchvision_jitter(pixels.T.reshape(1, 3, 1, 3).float() / 255, Jitter(1, 1, 1, 0.08, (3,)))
+    assert torch.sign(red[1] - red[2]) == torch.sign(ref[0, 1, 0, 0] - ref[0, 2, 0, 0])
+
+
+def test_finish_works_on_batches_of_clips_and_views() -> None:
+    frames = [random_clip(t=4, h=60, w=80, seed=s) for s in range(3)]
+    views = [train_views(f, 32, np.random.default_rng(s), hflip=True) for s, f in enumerate(frames)]
+    batch = finish(torch.stack([v for v, _ in views]), torch.stack([c for _, c in views]))
+    for k, (v, c) in enumerate(views):
+        assert torch.equal(batch[k], finish(v, c))
+    v3, c3 = eval_views(frames[0], 32, num_crops=3)
+    assert v3.shape == (3, 4, 3, 32, 32) and c3.shape == (3, 3, 9)
+    assert torch.equal(finish(v3, c3), eval_transform(frames[0], 32, num_crops=3))
