@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.descgen.fake_openai import FakeOpenAI
+from tests.descgen_helpers import CliResult, run_cli, run_cli_process, serve_with_key
 
 # Never wait for a model hub that cannot be reached.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,3 +55,21 @@ def msta_cli() -> Callable[[Sequence[str]], MstaResult]:
         return MstaResult(res.exit_code, res.stdout, res.stderr)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def descgen_cli() -> Callable[..., CliResult]:
+    """Run a descgen command in this process: ``descgen_cli("audit", "--cache", ...)``."""
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def descgen_process() -> Callable[..., CliResult]:
+    """Run a descgen command in a subprocess: ``descgen_process("generate", ..., env={...})``."""
+    return run_cli_process
+
+
+@pytest.fixture
+def fake_openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    """The loopback OpenAI-compatible server (tests/descgen/fake_openai.py), its key in OPENAI_API_KEY."""
+    yield from serve_with_key(FakeOpenAI(), monkeypatch)

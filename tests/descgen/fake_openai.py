@@ -29,7 +29,7 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 DEFAULT_KEY = "sk-test-0123456789abcdefSECRET"
 _CLASS_RE = re.compile(r'[Aa]ction class:? "(.+?)"')
@@ -104,9 +104,13 @@ class FakeOpenAI:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> FakeOpenAI:
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        """The request handler class; a server with other behaviour returns its own."""
+        return _make_handler(self)
+
+    def start(self) -> Self:
         self._stop.clear()
-        self._httpd = _Server(("127.0.0.1", 0), _make_handler(self))
+        self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -123,7 +127,7 @@ class FakeOpenAI:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> FakeOpenAI:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -313,18 +317,28 @@ def _completion(body: dict, content: str) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description="Serve a fake OpenAI chat-completions API on loopback.")
+def server_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line of a server script: ``--latency`` and ``--key``; callers add their own."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--key", default=DEFAULT_KEY)
-    args = ap.parse_args()
-    fake = FakeOpenAI(api_key=args.key, latency=args.latency).start()
+    return ap
+
+
+def serve_until_interrupted(fake: FakeOpenAI) -> None:
+    """Start FAKE, print its base URL and serve until Ctrl-C."""
+    fake.start()
     print(fake.url, flush=True)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         fake.stop()
+
+
+def main() -> None:
+    args = server_arguments("Serve a fake OpenAI chat-completions API on loopback.").parse_args()
+    serve_until_interrupted(FakeOpenAI(api_key=args.key, latency=args.latency))
 
 
 if __name__ == "__main__":

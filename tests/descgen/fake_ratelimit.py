@@ -14,14 +14,12 @@ prints its base URL; ``GET /_stats`` adds ``ok``, ``limited`` (429s), ``first_ok
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import threading
 import time
 from typing import Any
 
-from tests.descgen.fake_openai import DEFAULT_KEY, FakeOpenAI, _make_handler, _Server
+from tests.descgen.fake_openai import FakeOpenAI, _make_handler, serve_until_interrupted, server_arguments
 
 
 def format_duration(seconds: float) -> str:
@@ -115,14 +113,8 @@ class RateLimitedOpenAI(FakeOpenAI):
                 "last_ok": self.last_ok,
             }
 
-    def start(self) -> RateLimitedOpenAI:
-        self._stop.clear()
-        self._httpd = _Server(("127.0.0.1", 0), _limited_handler(self))
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
+    def _handler(self) -> type:
+        return _limited_handler(self)
 
 
 def _limited_handler(fake: RateLimitedOpenAI) -> type:
@@ -165,20 +157,12 @@ def _limited_handler(fake: RateLimitedOpenAI) -> type:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Serve a rate-limited fake OpenAI API on loopback.")
+    ap = server_arguments("Serve a rate-limited fake OpenAI API on loopback.")
     ap.add_argument("--rate-limit", required=True, help="RPM,TPM")
-    ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--window", type=float, default=60.0, help="burst size, in seconds of the rate")
-    ap.add_argument("--key", default=DEFAULT_KEY)
     args = ap.parse_args()
     rpm, tpm = (int(x) for x in args.rate_limit.split(","))
-    fake = RateLimitedOpenAI(rpm, tpm, args.window, api_key=args.key, latency=args.latency).start()
-    print(fake.url, flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        fake.stop()
+    serve_until_interrupted(RateLimitedOpenAI(rpm, tpm, args.window, api_key=args.key, latency=args.latency))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import pytest
 from descgen.generate import GenerateInputError, generate
 from descgen.prompts import load_prompt
 from descgen.store import Store
-from tests.descgen.conftest import DESCGEN, REPO
 from tests.descgen.fake_openai import FakeOpenAI, phrases_for
+from tests.descgen_helpers import DESCGEN, REPO
 
 
 def _classes(tmp_path: Path, count: int, name: str = "toy") -> Path:

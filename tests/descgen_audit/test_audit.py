@@ -12,8 +12,7 @@ from descgen.audit import audit_set, is_leak, usage_report
 from descgen.encode import encode_missing
 from descgen.store import Store
 from descgen.transfer import import_files
-
-from .conftest import make_generated_set, sentences, write_classes
+from tests.descgen_helpers import make_generated_set, sentences, write_classes
 
 REPO = Path(__file__).resolve().parents[2]
 FILE = re.compile(

@@ -27,8 +27,7 @@ from descgen.encode import (
     select_set,
 )
 from descgen.store import Store, text_hash
-
-from .conftest import DESCGEN, make_generated_set, run_cli_process, sentences
+from tests.descgen_helpers import DESCGEN, make_generated_set, run_cli_process, sentences
 
 REPO = Path(__file__).resolve().parents[2]
 

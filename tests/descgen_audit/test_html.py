@@ -12,8 +12,7 @@ import pytest
 
 from descgen.audit import audit_set
 from descgen.report import write_html
-
-from .conftest import make_generated_set, sentences, write_classes
+from tests.descgen_helpers import make_generated_set, sentences, write_classes
 
 EVIL = "<script>alert(1)</script>"
 EVIL_TEXT = 'A video about "><img src=x onerror=alert(2)> & friends.'

@@ -10,8 +10,7 @@ import json
 
 from descgen.encode import load_description_embeddings, select_set
 from descgen.store import Store
-
-from .conftest import run_cli, write_classes
+from tests.descgen_helpers import run_cli, write_classes
 
 
 def test_commands_on_a_generated_cache(tmp_path, fake_openai, tiny_clip_config, tiny_encoder):

@@ -11,8 +11,7 @@ import pytest
 from descgen.encode import SetSelectionError
 from descgen.store import Store
 from descgen.transfer import TransferError, export_set, import_files
-
-from .conftest import run_cli, run_cli_process, write_classes
+from tests.descgen_helpers import run_cli, run_cli_process, write_classes
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,13 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.descgen_batch.fake_batch import FakeBatchAPI
+from tests.descgen_helpers import serve_with_key
 
 
 @pytest.fixture
 def fake_batch(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBatchAPI]:
-    server = FakeBatchAPI().start()
-    monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve_with_key(FakeBatchAPI(), monkeypatch)

@@ -22,8 +22,8 @@ from descgen.batch import (
 )
 from descgen.plan import plan
 from descgen.store import Store
-from tests.descgen.conftest import DESCGEN, REPO, invoke_cli
 from tests.descgen_batch.fake_batch import FakeBatchAPI
+from tests.descgen_helpers import DESCGEN, REPO, run_cli
 
 N = 2
 
@@ -35,14 +35,14 @@ def _classes(tmp_path: Path, count: int) -> Path:
 
 
 def _gen(fake: FakeBatchAPI, tmp_path: Path, classes: Path, *extra: str):
-    return invoke_cli(
+    return run_cli(
         "generate", "--classes", str(classes), "--cache", str(tmp_path / "c.db"), "--model", "fake-model",
         "--base-url", fake.url, "--n", str(N), "--batch", *extra,
     )  # fmt: skip
 
 
 def _collect(fake: FakeBatchAPI, tmp_path: Path, *extra: str):
-    return invoke_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--base-url", fake.url, *extra)
+    return run_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--base-url", fake.url, *extra)
 
 
 def _state(tmp_path: Path) -> tuple[int, dict[str, list[dict]], list[dict]]:
@@ -102,7 +102,7 @@ def test_status_delayed_completion_collect_and_collect_again(
     fake_batch.delay = 60
     classes = _classes(tmp_path, 4)
     assert _gen(fake_batch, tmp_path, classes).returncode == 0
-    r = invoke_cli("batch", "status", "--cache", str(tmp_path / "c.db"), "--base-url", fake_batch.url)
+    r = run_cli("batch", "status", "--cache", str(tmp_path / "c.db"), "--base-url", fake_batch.url)
     assert "in_progress" in r.stdout and "0/4 done" in r.stdout, r.output
     r = _collect(fake_batch, tmp_path)
     assert r.returncode == 1 and "1 pending" in r.stdout
@@ -121,7 +121,7 @@ def test_status_delayed_completion_collect_and_collect_again(
     downloads = fake_batch.downloads
     r = _collect(fake_batch, tmp_path)  # nothing left to collect
     assert r.returncode == 0 and "0 batches collected" in r.stdout and fake_batch.downloads == downloads
-    r = invoke_cli("batch", "status", "--cache", str(tmp_path / "c.db"), "--base-url", fake_batch.url)
+    r = run_cli("batch", "status", "--cache", str(tmp_path / "c.db"), "--base-url", fake_batch.url)
     assert "completed" in r.stdout and "4/4 done" in r.stdout and "collected" in r.stdout
     with Store(tmp_path / "c.db", readonly=True) as st:
         assert st.count_rows("generations") == 4 and st.count_rows("descriptions") == 4 * 2 * N
@@ -179,13 +179,11 @@ def test_cancel(fake_batch: FakeBatchAPI, tmp_path: Path) -> None:
     fake_batch.delay = 60
     assert _gen(fake_batch, tmp_path, _classes(tmp_path, 3)).returncode == 0
     (b,) = _state(tmp_path)[2]
-    r = invoke_cli(
-        "batch", "cancel", b["id"], "--cache", str(tmp_path / "c.db"), "--base-url", fake_batch.url
-    )
+    r = run_cli("batch", "cancel", b["id"], "--cache", str(tmp_path / "c.db"), "--base-url", fake_batch.url)
     assert r.returncode == 0 and "cancelled" in r.stdout
     r = _collect(fake_batch, tmp_path)
     assert r.returncode == 1 and "3 classes incomplete" in r.stdout
-    r = invoke_cli(
+    r = run_cli(
         "batch", "cancel", "batch-9999", "--cache", str(tmp_path / "c.db"), "--base-url", fake_batch.url
     )
     assert r.returncode == 2 and "no batch" in r.stderr
@@ -240,12 +238,12 @@ def test_collector_killed_half_way_then_collected_again(fake_batch: FakeBatchAPI
 
 def test_batch_needs_the_openai_backend_and_a_cache(fake_batch: FakeBatchAPI, tmp_path: Path) -> None:
     classes = _classes(tmp_path, 2)
-    r = invoke_cli("generate", "--classes", str(classes), "--cache", str(tmp_path / "c.db"), "--backend", "vllm",
+    r = run_cli("generate", "--classes", str(classes), "--cache", str(tmp_path / "c.db"), "--backend", "vllm",
                    "--model", "m", "--batch")  # fmt: skip
     assert r.returncode == 2 and "--batch-file" in r.stderr
-    r = invoke_cli("batch", "status", "--cache", str(tmp_path / "none.db"))
+    r = run_cli("batch", "status", "--cache", str(tmp_path / "none.db"))
     assert r.returncode == 2 and "no cache" in r.stderr
-    r = invoke_cli("generate", "--classes", str(classes), "--cache", str(tmp_path / "c.db"), "--wait")
+    r = run_cli("generate", "--classes", str(classes), "--cache", str(tmp_path / "c.db"), "--wait")
     assert r.returncode == 2 and "--wait needs --batch" in r.stderr
 
 
@@ -253,7 +251,7 @@ def test_batch_needs_the_openai_backend_and_a_cache(fake_batch: FakeBatchAPI, tm
 def test_dry_run_estimates_tokens_and_batch_cost(tmp_path: Path, as_json: bool) -> None:
     classes = _classes(tmp_path, 10)
     args = ["generate", "--classes", str(classes), "--cache", str(tmp_path / "c.db"), "--dry-run"]
-    r = invoke_cli(*args, *(["--json"] if as_json else []))
+    r = run_cli(*args, *(["--json"] if as_json else []))
     assert r.returncode == 0, r.output
     assert not (tmp_path / "c.db").exists()
     if as_json:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from descgen.batch import parse_custom_id
 from descgen.store import Store
-from tests.descgen.conftest import invoke_cli
 from tests.descgen_batch.fake_batch import _result_line
+from tests.descgen_helpers import run_cli
 
 N = 2
 
@@ -21,7 +21,7 @@ def _classes(tmp_path: Path, count: int) -> Path:
 
 
 def _write(tmp_path: Path, classes: Path):
-    return invoke_cli(
+    return run_cli(
         "generate", "--classes", str(classes), "--cache", str(tmp_path / "c.db"), "--backend", "vllm",
         "--model", "tiny-model", "--n", str(N), "--batch-file", str(tmp_path / "in.jsonl"),
     )  # fmt: skip
@@ -50,7 +50,7 @@ def test_batch_file_round_trip(tmp_path: Path) -> None:
     assert lines[0]["body"]["model"] == "tiny-model"
     assert lines[0]["body"]["response_format"]["json_schema"]["strict"] is True
     out = _run_batch(tmp_path, {"action number 3": "schema", "action number 4": "garbage"})
-    r = invoke_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(out))
+    r = run_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(out))
     assert r.returncode == 1, r.output
     assert "5 lines stored (3 ok, 1 invalid, 1 errors)" in r.stdout and "1 unmatched" in r.stdout
     with Store(tmp_path / "c.db", readonly=True) as st:
@@ -62,7 +62,7 @@ def test_batch_file_round_trip(tmp_path: Path) -> None:
         )
         assert {g["status"] for g in gens} == {"ok", "invalid", "error"} and len(gens) == 5
     # ingesting the same file again stores nothing
-    r = invoke_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(out))
+    r = run_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(out))
     assert "0 lines stored" in r.stdout and "4 already stored" in r.stdout
     with Store(tmp_path / "c.db", readonly=True) as st:
         assert st.count_rows("generations") == 5
@@ -74,7 +74,7 @@ def test_batch_file_round_trip(tmp_path: Path) -> None:
         (0, "action number 4"),
     ]
     assert lines[0]["body"]["seed"] == 1
-    r = invoke_cli(
+    r = run_cli(
         "batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(_run_batch(tmp_path, {}))
     )
     assert r.returncode == 0, r.output
@@ -86,18 +86,16 @@ def test_collect_file_that_matches_nothing(tmp_path: Path) -> None:
     assert _write(tmp_path, _classes(tmp_path, 1)).returncode == 0
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"custom_id": "x/r0/y", "response": None, "error": None}) + "\n")
-    r = invoke_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(other))
+    r = run_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(other))
     assert r.returncode == 2 and "matches a request" in r.stderr
-    r = invoke_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(tmp_path / "nope"))
+    r = run_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(tmp_path / "nope"))
     assert r.returncode == 2 and "cannot read" in r.stderr
 
 
 def test_batch_usage_counts_only_batch_answers(tmp_path: Path) -> None:
     assert _write(tmp_path, _classes(tmp_path, 2)).returncode == 0
     out = _run_batch(tmp_path, {})
-    assert (
-        invoke_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(out)).returncode == 0
-    )
+    assert run_cli("batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(out)).returncode == 0
     with Store(tmp_path / "c.db", readonly=True) as st:
         (row,) = st.batch_usage()
         assert (row["backend"], row["model"], row["requests"]) == ("vllm", "tiny-model", 2)
@@ -111,7 +109,7 @@ def test_writing_the_file_again_before_collecting_keeps_every_request(tmp_path: 
     r = _write(tmp_path, classes)
     assert r.returncode == 0 and "3 requests written" in r.stdout
     assert (tmp_path / "in.jsonl").read_text() == first
-    r = invoke_cli(
+    r = run_cli(
         "batch", "collect", "--cache", str(tmp_path / "c.db"), "--file", str(_run_batch(tmp_path, {}))
     )
     assert r.returncode == 0 and "3 lines stored" in r.stdout, r.output

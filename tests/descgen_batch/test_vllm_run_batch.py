@@ -16,7 +16,7 @@ import pytest
 
 from descgen.serve import DEFAULT_ENV, cpu_default_args
 from descgen.store import Store
-from tests.descgen.conftest import invoke_cli
+from tests.descgen_helpers import run_cli
 from tests.integration.conftest import MODELS_DIR, REPO
 
 VLLM_VENV = Path(os.environ.get("VLLM_VENV", REPO / ".venv-vllm")).resolve()
@@ -38,7 +38,7 @@ def test_real_run_batch_output_is_collected(tmp_path: Path) -> None:
     classes = tmp_path / "toy.csv"
     classes.write_text("id,name\n0,riding a bike\n1,juggling balls\n2,walking the dog\n")
     cache, src, out = tmp_path / "c.db", tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    r = invoke_cli("generate", "--classes", str(classes), "--cache", str(cache), "--backend", "vllm",
+    r = run_cli("generate", "--classes", str(classes), "--cache", str(cache), "--backend", "vllm",
                    "--model", str(model), "--max-tokens", "64", "--batch-file", str(src))  # fmt: skip
     assert r.returncode == 0, r.output
     env = {**DEFAULT_ENV, **{k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}}
@@ -49,7 +49,7 @@ def test_real_run_batch_output_is_collected(tmp_path: Path) -> None:
     assert run.returncode == 0, "\n".join(x for x in run.stderr.splitlines() if "Error" in x)[-4000:]
     lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
     assert len(lines) == 3 and all(x["response"]["status_code"] == 200 for x in lines), run.stdout[-6000:]
-    r = invoke_cli("batch", "collect", "--cache", str(cache), "--file", str(out))
+    r = run_cli("batch", "collect", "--cache", str(cache), "--file", str(out))
     assert "3 lines stored" in r.stdout, r.output
     with Store(cache, readonly=True) as st:
         gens = st.generations()

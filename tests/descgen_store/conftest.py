@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from descgen.store import Store
-from tests.descgen_audit.conftest import make_generated_set, sentences
+from tests.descgen_helpers import CliResult, make_generated_set, run_cli, sentences, write_classes
 
 CLASSES = ["pick up", "put down", "wave"]
 
@@ -32,6 +33,16 @@ def cache(tmp_path: Path) -> Path:
     with Store(path) as st:
         fill(st)
     return path
+
+
+def run_import(cache: Path, tmp_path: Path) -> CliResult:
+    """``descgen import`` of one spatial description into the set ``mini`` of CACHE (the class list
+    and the description file are written in TMP_PATH)."""
+    classes = write_classes(tmp_path / "mini.csv", CLASSES)
+    descs = tmp_path / "d.json"
+    descs.write_text(json.dumps({"wave": ["A video about an arm."]}))
+    args = ["--dataset", "mini", "--classes", str(classes), "--spatial", str(descs)]
+    return run_cli("import", "--cache", str(cache), *args)
 
 
 def side_files(path: Path) -> list[str]:

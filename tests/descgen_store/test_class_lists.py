@@ -10,7 +10,7 @@ from descgen.datasets import MAX_CLASS_NAME_CHARS, ClassListError, load_class_li
 from descgen.errors import DescgenError
 from descgen.store import StoreError
 from descgen.transfer import TransferError
-from tests.descgen_audit.conftest import run_cli
+from tests.descgen_helpers import run_cli
 
 
 def _load(path: Path):

@@ -5,17 +5,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 from descgen.store import Store
 from tests.descgen.fake_openai import FakeOpenAI, phrases_for
+from tests.descgen_helpers import DESCGEN, REPO
 
-REPO = Path(__file__).resolve().parents[2]
-_SCRIPT = Path(sys.executable).with_name("descgen")
-DESCGEN = (
-    [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "from descgen.cli import main; main()"]
-)
 N_CLASSES = 16
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 
 from descgen.store import Store, StoreError
-from tests.descgen_audit.conftest import run_cli, write_classes
+from tests.descgen_helpers import run_cli
 
-from .conftest import CLASSES, fill, side_files
+from .conftest import CLASSES, fill, run_import, side_files
 
 
 def _damage(path: Path) -> None:
@@ -40,20 +39,7 @@ def test_writers_refuse_a_corrupt_cache_without_writing(corrupt: Path, tmp_path:
     with pytest.raises(StoreError, match=r"is corrupt .*\.recover") as exc:
         Store(corrupt)
     assert "\n" not in str(exc.value)
-    classes = write_classes(tmp_path / "mini.csv", CLASSES)
-    descs = tmp_path / "d.json"
-    descs.write_text(json.dumps({"wave": ["A video about an arm."]}))
-    r = run_cli(
-        "import",
-        "--cache",
-        str(corrupt),
-        "--dataset",
-        "mini",
-        "--classes",
-        str(classes),
-        "--spatial",
-        str(descs),
-    )
+    r = run_import(corrupt, tmp_path)
     assert r.returncode == 2 and ".recover" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert corrupt.read_bytes() == before and side_files(corrupt) == []

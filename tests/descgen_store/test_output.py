@@ -8,7 +8,7 @@ import pytest
 
 from descgen.errors import DescgenError
 from descgen.fileio import OutputPathError, write_text_atomic
-from tests.descgen_audit.conftest import run_cli
+from tests.descgen_helpers import run_cli
 
 from .conftest import immutable
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import warnings
@@ -11,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from descgen.store import Store, StoreError
-from tests.descgen_audit.conftest import run_cli, write_classes
+from tests.descgen_helpers import run_cli
 
-from .conftest import CLASSES, foreign_db, immutable, side_files
+from .conftest import CLASSES, foreign_db, immutable, run_import, side_files
 
 READ_COMMANDS = [
     ["audit", "--dataset", "mini"],
@@ -71,22 +70,9 @@ def test_auditing_a_0444_cache_leaves_no_side_files(cache: Path, tmp_path: Path)
 
 
 def test_writing_commands_say_the_cache_is_read_only(cache: Path, tmp_path: Path) -> None:
-    classes = write_classes(tmp_path / "mini.csv", CLASSES)
-    descs = tmp_path / "d.json"
-    descs.write_text(json.dumps({"wave": ["A video about an arm."]}))
     before = cache.read_bytes()
     with immutable(cache):
-        r = run_cli(
-            "import",
-            "--cache",
-            str(cache),
-            "--dataset",
-            "mini",
-            "--classes",
-            str(classes),
-            "--spatial",
-            str(descs),
-        )
+        r = run_import(cache, tmp_path)
         assert r.returncode == 2 and "the cache is read-only" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
         r = run_cli("encode", "--cache", str(cache), "--model", "ViT-B-16", "--pretrained", "none")

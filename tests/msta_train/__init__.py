@@ -52,6 +52,18 @@ def run_msta_process(
     )
 
 
+def start_msta_process(args: Sequence[str], stdout: int = subprocess.PIPE) -> subprocess.Popen:
+    """``msta ARGS`` started in a child process (stderr piped, text mode) and left running."""
+    return subprocess.Popen(
+        [*msta_cmd(), *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+        cwd=str(REPO),
+    )
+
+
 def make_synth(
     out: Path,
     videos_per_class: int = 4,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from . import REPO, class_list, make_cache, make_synth, msta_cmd, run_msta_process, subprocess_env, synth_args
+from . import class_list, make_cache, make_synth, run_msta_process, start_msta_process, synth_args
 
 SHORT = [
     "--set", "optim.epochs=2", "--set", "optim.batch_size=4", "--set", "optim.warmup_epochs=1",
@@ -44,14 +44,7 @@ def _pointer(run: Path, name: str = "last") -> dict | None:
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [*msta_cmd(), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-        cwd=str(REPO),
-    )
+    return start_msta_process(args, stdout=subprocess.DEVNULL)
 
 
 def _wait_for(cond, proc: subprocess.Popen, timeout: float = 300) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from . import REPO, make_synth, msta_cmd, run_msta_process, subprocess_env, synth_args
+from . import make_synth, run_msta_process, start_msta_process, synth_args
 
 pytestmark = pytest.mark.slow
 
@@ -43,14 +43,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     assert res.returncode == 0, res.stderr
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [*msta_cmd(), *synth_args(data, run, *ARGS)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-        cwd=str(REPO),
-    )
+    proc = start_msta_process(synth_args(data, run, *ARGS), stdout=subprocess.DEVNULL)
     killed_at = None
     deadline = time.monotonic() + 600
     try:

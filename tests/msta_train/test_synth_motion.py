@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from . import REPO, msta_cmd, subprocess_env
+from . import start_msta_process
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +29,7 @@ def _train(data: Path, out: Path, temporal: bool) -> subprocess.Popen:
         "--set", f"adapter.temporal={str(temporal).lower()}", "--set", "loss.consistency_weight=0",
         "--set", "eval.every=0",  # validate once, after the last epoch: time goes to training
     ]  # fmt: skip
-    return subprocess.Popen(
-        [*msta_cmd(), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-        cwd=str(REPO),
-    )
+    return start_msta_process(args)
 
 
 def test_temporal_branch_learns_motion_that_frame_averaging_cannot(tmp_path, msta_cli):
