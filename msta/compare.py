@@ -163,9 +163,10 @@ def set_details(
     cache: str, sets: Sequence[str], names: Sequence[str], encoder_fp: str | None, pricing: str | None
 ) -> dict[str, dict[str, Any]]:
     """Per set: its provenance, the tokens and cost of its generations, the audit's findings."""
-    from descgen.audit import audit_set, load_pricing
+    from descgen.audit import audit_set
+    from descgen.pricing import load_price_table
 
-    prices = load_pricing(pricing)
+    prices = load_price_table(pricing)
     store = open_store(cache, writable=False)
     out: dict[str, dict[str, Any]] = {}
     try:
@@ -188,19 +189,30 @@ def set_details(
     return out
 
 
-def set_usage(generations: Sequence[dict], backend: str, model: str, prices: dict) -> dict[str, Any]:
-    """Requests and tokens of a set's generations; the cost by the price table (None: not priced)."""
-    prompt = sum(int(g.get("prompt_tokens") or 0) for g in generations)
-    completion = sum(int(g.get("completion_tokens") or 0) for g in generations)
-    price = prices.get(f"{backend}/{model}") or prices.get(model)
-    if price is None and backend in ("import", "vllm"):
-        price = {"input": 0.0, "output": 0.0}
-    cost = None if price is None else (prompt * price["input"] + completion * price["output"]) / 1e6
+def set_usage(generations: Sequence[dict], backend: str, model: str, prices) -> dict[str, Any]:
+    """Requests and tokens of a set's generations; the cost by the price table
+    (:class:`descgen.pricing.PriceTable`; answers that came through a batch at the batch price;
+    None: not priced)."""
+    batch = [g for g in generations if g.get("batch_id")]
+    online = [g for g in generations if not g.get("batch_id")]
+
+    def cost(rows: list[dict]) -> float | None:
+        prompt = sum(int(g.get("prompt_tokens") or 0) for g in rows)
+        completion = sum(int(g.get("completion_tokens") or 0) for g in rows)
+        return prices.online_cost(backend, model, prompt, completion)
+
+    online_cost, batch_cost = cost(online), cost(batch)
+    total = (
+        None
+        if online_cost is None or batch_cost is None
+        else online_cost + prices.batch_discount * batch_cost
+    )
     return {
         "requests": len(generations),
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "cost_usd": None if cost is None else round(cost, 6),
+        "batch_requests": len(batch),
+        "prompt_tokens": sum(int(g.get("prompt_tokens") or 0) for g in generations),
+        "completion_tokens": sum(int(g.get("completion_tokens") or 0) for g in generations),
+        "cost_usd": None if total is None else round(total, 6),
     }
 
 

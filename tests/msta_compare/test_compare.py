@@ -88,3 +88,21 @@ def test_compare_user_errors(synth, two_sets, tmp_path, msta_cli):
     assert res.returncode == 2 and "not found" in res.stderr
     res = msta_cli(_compare_args(synth, cache, tmp_path / "o", set_a, set_a))
     assert res.returncode == 2 and "twice" in res.stderr
+
+
+def test_set_usage_prices_batch_answers_at_the_batch_price():
+    from descgen.pricing import PriceTable
+    from msta.compare import set_usage
+
+    table = PriceTable(prices={"m": {"input": 2.0, "output": 8.0}}, batch_discount=0.25)
+    rows = [
+        {"prompt_tokens": 1000, "completion_tokens": 100, "batch_id": None},
+        {"prompt_tokens": 3000, "completion_tokens": 500, "batch_id": "batch_1"},
+        {"prompt_tokens": 2000, "completion_tokens": 300, "batch_id": "batch_1"},
+    ]
+    usage = set_usage(rows, "openai", "m", table)
+    online = (1000 * 2.0 + 100 * 8.0) / 1e6
+    batch = (5000 * 2.0 + 800 * 8.0) / 1e6 * 0.25
+    assert usage["cost_usd"] == round(online + batch, 6) and usage["batch_requests"] == 2
+    assert usage["prompt_tokens"] == 6000 and usage["completion_tokens"] == 900
+    assert set_usage(rows, "openai", "unpriced", table)["cost_usd"] is None
