@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from msta import checkpoint as ckpt
+from descgen.fileio import write_text_atomic
 from msta.classifier import ClassifierSpec, class_weights
 from msta.config import Config, ConfigError, load_config
 from msta.plots import plot_confusion, plot_training_curve
@@ -444,7 +444,7 @@ def _assemble(
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    ckpt.atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
+    write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def _console():

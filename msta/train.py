@@ -32,6 +32,7 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+from descgen.fileio import write_text_atomic
 from msta import checkpoint as ckpt
 from msta import distributed as D
 from msta.config import Config, load_config, save_config
@@ -217,7 +218,7 @@ class MetricsLog:
                 continue
             if int(row.get("global_step", 0)) <= global_step:
                 keep.append(line)
-        ckpt.atomic_write_text(self.path, "".join(k + "\n" for k in keep))
+        write_text_atomic(self.path, "".join(k + "\n" for k in keep))
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -677,7 +678,7 @@ class TrainRecipe:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, run_dir / CONFIG_FILE)
             classes = {"classes": self.names, "descriptions": self.desc_info}
-            ckpt.atomic_write_text(run_dir / CLASSES_FILE, json.dumps(classes, indent=1, ensure_ascii=False))
+            write_text_atomic(run_dir / CLASSES_FILE, json.dumps(classes, indent=1, ensure_ascii=False))
             if self.resume:
                 self.metrics.truncate_after(self.state.global_step)
         D.barrier(env)
@@ -871,7 +872,7 @@ class TrainRecipe:
             "descriptions": self.desc_info,
         }
         if self.env.is_main:
-            ckpt.atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=1))
+            write_text_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=1))
             val = (
                 f", val top-1 {last_val['top1']:.4f} (best {state.best_top1:.4f} at epoch {state.best_epoch})"
                 if last_val
