@@ -11,7 +11,7 @@ CacheOpt = _O(Path("cache/descriptions.db"), "--cache", help="SQLite cache file.
 BaseUrlOpt = _O(
     None,
     "--base-url",
-    help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 [default: the hosted API].",
+    help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (default: the hosted API).",
 )
 TimeoutOpt = _O(60.0, "--timeout", help="Seconds before one call to the API is abandoned (openai).")
 ConcurrencyOpt = _O(8, "--concurrency", help="Online requests in flight at once (openai).")
