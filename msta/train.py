@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -251,15 +251,7 @@ class TrainState:
     log_acc: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "best_top1": self.best_top1,
-            "best_epoch": self.best_epoch,
-            "skipped": self.skipped,
-            "log_acc": dict(self.log_acc),
-        }
+        return asdict(self)  # a copy: log_acc included
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainState:
