@@ -7,20 +7,18 @@ from pathlib import Path
 
 import typer
 
+from descgen import cli_options as shared
+
 _O = typer.Option
-CacheOpt = _O(Path("cache/descriptions.db"), "--cache", help="SQLite cache file.")
-BaseUrlOpt = _O(None, "--base-url", help="Base URL of an OpenAI-compatible server [default: the hosted API].")
-TimeoutOpt = _O(60.0, "--timeout", help="Seconds before one API call is abandoned.")
-ConcurrencyOpt = _O(8, "--concurrency", help="Online retries in flight at once.")
-MaxAttemptsOpt = _O(5, "--max-attempts", help="Attempts per online retry on 429, 5xx and timeouts.")
-MaxInvalidOpt = _O(2, "--max-invalid", help="Online re-requests (with a new seed) after an invalid answer.")
 FileOpt = _O(None, "--file", help="Output file of vLLM's run_batch to ingest instead of the API's batches.")
 WaitOpt = _O(False, "--wait", help="Poll (with backoff) until every batch is finished, then collect.")
 PollOpt = _O(5.0, "--poll", help="Seconds before the first poll with --wait (doubles up to 5 minutes).")
 
 
 def status_cmd(
-    cache: Path = CacheOpt, base_url: str | None = BaseUrlOpt, timeout: float = TimeoutOpt
+    cache: Path = shared.CacheOpt,
+    base_url: str | None = shared.BaseUrlOpt,
+    timeout: float = shared.TimeoutOpt,
 ) -> None:
     """List the recorded batches with their state and counts (refreshed from the API when reachable)."""
     from descgen.batch import batch_status
@@ -37,15 +35,15 @@ def status_cmd(
 
 
 def collect_cmd(
-    cache: Path = CacheOpt,
+    cache: Path = shared.CacheOpt,
     file: Path | None = FileOpt,
-    base_url: str | None = BaseUrlOpt,
-    max_invalid: int = MaxInvalidOpt,
+    base_url: str | None = shared.BaseUrlOpt,
+    max_invalid: int = shared.MaxInvalidOpt,
     wait: bool = WaitOpt,
     poll: float = PollOpt,
-    timeout: float = TimeoutOpt,
-    concurrency: int = ConcurrencyOpt,
-    max_attempts: int = MaxAttemptsOpt,
+    timeout: float = shared.TimeoutOpt,
+    concurrency: int = shared.ConcurrencyOpt,
+    max_attempts: int = shared.MaxAttemptsOpt,
 ) -> None:
     """Download finished batches (or read --file), validate and store every answer; safe to repeat."""
     from descgen.batch import BatchError, api_client, collect, collect_file, collect_wait, open_cache
@@ -70,9 +68,9 @@ def collect_cmd(
 
 def cancel_cmd(
     batch_id: str = typer.Argument(..., help="The batch id (see `descgen batch status`)."),
-    cache: Path = CacheOpt,
-    base_url: str | None = BaseUrlOpt,
-    timeout: float = TimeoutOpt,
+    cache: Path = shared.CacheOpt,
+    base_url: str | None = shared.BaseUrlOpt,
+    timeout: float = shared.TimeoutOpt,
 ) -> None:
     """Cancel a submitted batch (what finished before is still collected)."""
     from descgen.batch import BatchError, api_client, cancel, open_cache

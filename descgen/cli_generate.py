@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from descgen import cli_options as shared
 from descgen.errors import DescgenError
 
 _O = typer.Option
@@ -19,23 +20,15 @@ ClassesOpt = _O(
 DataDirOpt = _O(
     None, "--data-dir", help="Data directory with labels/{dataset}.csv [env MSTA_DATA_DIR, default ./data]."
 )
-CacheOpt = _O(Path("cache/descriptions.db"), "--cache", help="SQLite cache file.")
 PromptOpt = _O(
     None, "--prompt", help="Shipped prompt name or path to a .toml prompt file [default msta-general-v1]."
 )
 NOpt = _O(2, "--n", help="Spatial and temporal phrases per class.")
 BackendOpt = _O("openai", "--backend", help="openai (hosted or any compatible server) or vllm (in-process).")
 ModelOpt = _O(None, "--model", help="Model name [openai default gpt-4o-mini; required for vllm].")
-BaseUrlOpt = _O(
-    None, "--base-url", help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."
-)
 TemperatureOpt = _O(None, "--temperature", help="Override the prompt's temperature.")
 SeedOpt = _O(None, "--seed", help="Override the prompt's seed.")
 MaxTokensOpt = _O(None, "--max-tokens", help="Override the prompt's max tokens.")
-ConcurrencyOpt = _O(8, "--concurrency", help="Requests in flight at once (openai).")
-TimeoutOpt = _O(60.0, "--timeout", help="Seconds before one request attempt is abandoned (openai).")
-MaxAttemptsOpt = _O(5, "--max-attempts", help="Attempts per request on 429, 5xx and timeouts (openai).")
-MaxInvalidOpt = _O(2, "--max-invalid", help="Re-requests (with a new seed) after an invalid answer.")
 ForceOpt = _O(False, "--force", help="Request every class again and replace its descriptions.")
 DryRunOpt = _O(False, "--dry-run", help="Print the plan and write nothing.")
 JsonOpt = _O(False, "--json", help="With --dry-run: print the plan as one JSON object.")
@@ -53,19 +46,19 @@ def generate(
     dataset: str | None = DatasetOpt,
     classes: Path | None = ClassesOpt,
     data_dir: Path | None = DataDirOpt,
-    cache: Path = CacheOpt,
+    cache: Path = shared.CacheOpt,
     prompt: str | None = PromptOpt,
     n: int = NOpt,
     backend: str = BackendOpt,
     model: str | None = ModelOpt,
-    base_url: str | None = BaseUrlOpt,
+    base_url: str | None = shared.BaseUrlOpt,
     temperature: float | None = TemperatureOpt,
     seed: int | None = SeedOpt,
     max_tokens: int | None = MaxTokensOpt,
-    concurrency: int = ConcurrencyOpt,
-    timeout: float = TimeoutOpt,
-    max_attempts: int = MaxAttemptsOpt,
-    max_invalid: int = MaxInvalidOpt,
+    concurrency: int = shared.ConcurrencyOpt,
+    timeout: float = shared.TimeoutOpt,
+    max_attempts: int = shared.MaxAttemptsOpt,
+    max_invalid: int = shared.MaxInvalidOpt,
     force: bool = ForceOpt,
     dry_run: bool = DryRunOpt,
     as_json: bool = JsonOpt,

@@ -60,11 +60,11 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
         if isinstance(exc, OSError):
             raise OutputPathError(f"cannot write {path}: {_reason(exc)}") from None
         raise
-    _sync_directory(parent)
+    sync_directory(parent)
     return path
 
 
-def _sync_directory(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
     """Make the rename durable (best effort: not every platform can open a directory)."""
     try:
         fd = os.open(directory, os.O_RDONLY)

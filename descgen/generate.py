@@ -8,6 +8,7 @@ cache file is opened for writing: nothing is written then.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from descgen.backends import Backend, BackendError, Request, Response, create_backend, scrub_secrets
-from descgen.plan import DEFAULT_CACHE, DEFAULT_N, GenerateInputError, Plan, plan
+from descgen.plan import GenerateInputError, Plan, plan
 from descgen.store import Store, StoreError
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 MAX_LISTED_FAILURES = 20
+# The keyword arguments of generate() that go to plan(); the others are backend options.
+PLAN_ARGS = frozenset(inspect.signature(plan).parameters)
 
 
 @dataclass
@@ -150,52 +153,25 @@ def run_plan(
 
 
 def generate(
-    dataset: str | None = None,
-    classes_file: str | Path | None = None,
-    data_dir: str | Path | None = None,
-    cache: str | Path = DEFAULT_CACHE,
-    prompt: str | Path | None = None,
-    n: int = DEFAULT_N,
-    backend: str = "openai",
-    model: str | None = None,
-    temperature: float | None = None,
-    seed: int | None = None,
-    max_tokens: int | None = None,
-    max_invalid: int = 2,
-    force: bool = False,
-    dry_run: bool = False,
-    progress: bool = False,
-    out: TextIO | None = None,
-    **backend_options: Any,
+    *, dry_run: bool = False, progress: bool = False, out: TextIO | None = None, **options: Any
 ) -> Summary:
     """Plan, then (unless ``dry_run``) run the plan: the whole of ``descgen generate`` as a function.
 
-    ``backend_options`` are the generation options of the backends (``base_url``, ``concurrency``,
-    ``timeout``, ``max_attempts`` for openai; ``vllm_options`` for vllm); each backend takes those
-    that apply to it. ``out`` receives the plan of a dry run and the list of failed classes.
+    ``options`` are the keyword arguments of :func:`descgen.plan.plan` (``dataset``,
+    ``classes_file``, ``cache``, ``backend``, ``model``, ...) and the generation options of the
+    backends (``base_url``, ``concurrency``, ``timeout``, ``max_attempts`` for openai;
+    ``vllm_options`` for vllm); each backend takes those that apply to it. ``out`` receives the
+    plan of a dry run and the list of failed classes.
     """
     t0 = time.perf_counter()
-    p = plan(
-        dataset=dataset,
-        classes_file=classes_file,
-        data_dir=data_dir,
-        cache=cache,
-        prompt=prompt,
-        n=n,
-        backend=backend,
-        model=model,
-        temperature=temperature,
-        seed=seed,
-        max_tokens=max_tokens,
-        max_invalid=max_invalid,
-        force=force,
-    )
+    p = plan(**{k: v for k, v in options.items() if k in PLAN_ARGS})
     if dry_run:
         if out is not None:
             print("\n".join(p.text_lines()), file=out, flush=True)
         summary = Summary.of(p, dry_run=True)
         summary.wall_s = time.perf_counter() - t0
         return summary
+    backend_options = {k: v for k, v in options.items() if k not in PLAN_ARGS}
     return run_plan(p, backend_options, progress=progress, out=out)
 
 

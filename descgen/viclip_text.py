@@ -28,15 +28,17 @@ class QuickGELU(nn.Module):
 
 
 def packed_attention(attn: nn.MultiheadAttention, x: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Self-attention of batch-first ``x`` [N, L, E] with the packed ``in_proj`` weights of ``attn``,
-    computed with ``F.scaled_dot_product_attention`` (no attention dropout: the towers are frozen)."""
+    """``attn(x, x, x, attn_mask=mask, need_weights=False)[0]`` for batch-first ``x`` [N, L, E]: the
+    packed ``in_proj`` weights of ``attn`` in one matmul, then ``F.scaled_dot_product_attention`` on
+    the batch-first layout directly (attention dropout only while ``attn`` is training)."""
     n, length, e = x.shape
     heads = attn.num_heads
     qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
     q, k, v = qkv.view(n, length, 3, heads, e // heads).permute(2, 0, 3, 1, 4).unbind(0)
     if mask is not None:
         mask = mask.to(q.dtype)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    dropout = attn.dropout if attn.training else 0.0
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
     return F.linear(o.transpose(1, 2).reshape(n, length, e), attn.out_proj.weight, attn.out_proj.bias)
 
 

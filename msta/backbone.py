@@ -25,21 +25,17 @@ and weights are resolved by :mod:`descgen.encoders`, the loading path ``descgen 
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
+from descgen.viclip_text import packed_attention
+from msta.blocks import BlockHook, FrozenBackbone, add_hook_output
 from msta.errors import MstaError
 
 if TYPE_CHECKING:  # pragma: no cover
     from descgen.encoders import EncoderSpec
-
-BlockHook = Callable[[str, int, Tensor, Tensor], Tensor | None]
 
 RANDOM_WEIGHTS_SEED = 0  # "pretrained: none" always gives the same weights (every process, every run)
 
@@ -184,21 +180,6 @@ def _plain_self_attention(attn: nn.Module) -> bool:
     )
 
 
-def self_attention(attn: nn.MultiheadAttention, x: Tensor, attn_mask: Tensor | None) -> Tensor:
-    """``attn(x, x, x, attn_mask=mask, need_weights=False)[0]`` for batch-first ``x`` [N, L, E],
-    computed on the batch-first layout directly (one projection matmul, no transposed copies)."""
-    n, length, e = x.shape
-    heads = attn.num_heads
-    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.view(n, length, 3, heads, e // heads).permute(2, 0, 3, 1, 4).unbind(0)
-    if attn_mask is not None:
-        attn_mask = attn_mask.to(q.dtype)
-    dropout = attn.dropout if attn.training else 0.0
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
-    o = o.transpose(1, 2).reshape(n, length, e)
-    return F.linear(o, attn.out_proj.weight, attn.out_proj.bias)
-
-
 def run_block(
     blk: nn.Module,
     x: Tensor,
@@ -212,23 +193,21 @@ def run_block(
     if hasattr(blk, "ln_attn"):  # CustomResidualAttentionBlock
         a = blk.ls_1(blk.ln_attn(blk.attn(h, attn_mask=attn_mask)))
     elif _plain_self_attention(blk.attn) and not hasattr(blk, "ln_1_kv"):
-        a = blk.ls_1(self_attention(blk.attn, h, attn_mask))
+        a = blk.ls_1(packed_attention(blk.attn, h, attn_mask))
     else:
         a = blk.ls_1(blk.attention(q_x=h, attn_mask=attn_mask))
     y = x + a
     y = y + blk.ls_2(blk.mlp(blk.ln_2(y)))
-    if hook is not None:
-        extra = hook(kind, index, x, h)
-        if extra is not None:
-            y = y + extra
-    return y
+    return add_hook_output(y, hook, kind, index, x, h)
 
 
-class OpenCLIPBackbone(nn.Module):
+class OpenCLIPBackbone(FrozenBackbone):
     """A frozen open_clip CLIP model run block by block with adapter hooks.
 
     Frames are encoded independently ([B*T, L, C] tokens per block); the video embedding is the
     mean of the frame embeddings (not normalised)."""
+
+    block_fn = staticmethod(run_block)
 
     def __init__(self, clip: nn.Module, name: str, pretrained: str) -> None:
         super().__init__()
@@ -260,7 +239,6 @@ class OpenCLIPBackbone(nn.Module):
         pre = getattr(visual, "preprocess_cfg", {}) or {}
         self.image_mean = tuple(pre.get("mean", (0.48145466, 0.4578275, 0.40821073)))
         self.image_std = tuple(pre.get("std", (0.26862954, 0.26130258, 0.27577711)))
-        self.grad_checkpointing = False
 
         for p in self.clip.parameters():
             p.requires_grad_(False)
@@ -285,26 +263,6 @@ class OpenCLIPBackbone(nn.Module):
     def _text(self) -> dict[str, Any]:
         # Looked up on every use: moving the model (.to, .half) replaces buffers such as the mask.
         return _gather_text_tower(self.clip)
-
-    def train(self, mode: bool = True) -> OpenCLIPBackbone:
-        # The frozen backbone always runs in eval mode (no dropout, no patch dropout).
-        super().train(False)
-        return self
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = bool(enable)
-
-    def _run_blocks(
-        self, blocks: nn.ModuleList, x: Tensor, mask: Tensor | None, hook, kind: str, start: int = 0
-    ) -> Tensor:
-        use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
-        for i in range(start, len(blocks)):
-            blk = blocks[i]
-            if use_ckpt:
-                x = checkpoint(run_block, blk, x, mask, hook, kind, i, use_reentrant=False)
-            else:
-                x = run_block(blk, x, mask, hook, kind, i)
-        return x
 
     def tokens_to_grid(self, x: Tensor, frames: int) -> Tensor:
         """[B*T, L, C] frame tokens -> [B, T, L, C]."""
@@ -331,61 +289,32 @@ class OpenCLIPBackbone(nn.Module):
             pos = (tokens == t["eos_id"]).int().argmax(dim=-1)
         return int(pos.max().item()) + 1
 
-    def encode_text_tokens(
-        self,
-        tokens: Tensor,
-        block_hook: BlockHook | None = None,
-        cut: bool = True,
-        frozen_blocks: int = 0,
-        cache: dict | None = None,
-    ) -> Tensor:
-        """[N, context] token ids -> [N, embed_dim] (not normalised).
+    def _text_blocks(self) -> nn.ModuleList:
+        return self._text["transformer"].resblocks
 
-        ``frozen_blocks``: the number of leading blocks the hook leaves alone. With a ``cache``
-        dict their output (a function of the tokens alone while the weights are frozen) is
-        computed once and reused: a class list is encoded every training step."""
+    def _text_mask(self, length: int) -> Tensor | None:
+        mask = self._text["attn_mask"]
+        return None if mask is None else mask[:length, :length]
+
+    def _text_key_extra(self) -> tuple:
+        return (self._text["transformer"].get_cast_dtype(),)
+
+    def _embed_text(self, tokens: Tensor) -> Tensor:
+        t = self._text
+        cast_dtype = t["transformer"].get_cast_dtype()
+        x = t["token_embedding"](tokens).to(cast_dtype)
+        return x + t["positional_embedding"][: tokens.shape[1]].to(cast_dtype)
+
+    def _pool_text(self, x: Tensor, tokens: Tensor) -> Tensor:
         from open_clip.transformer import text_global_pool
 
         t = self._text
-        if cut:
-            tokens = tokens[:, : self.text_cut_length(tokens)]
-        length = tokens.shape[1]
-        blocks = t["transformer"].resblocks
-        mask = t["attn_mask"]
-        if mask is not None:
-            mask = mask[:length, :length]
-        frozen_blocks = min(max(frozen_blocks, 0), len(blocks))
-        x = None
-        key = None
-        if cache is not None and frozen_blocks > 0:
-            key = self._prefix_key(tokens, frozen_blocks)
-            x = cache.get(key)
-        if x is None:
-            cast_dtype = t["transformer"].get_cast_dtype()
-            with torch.set_grad_enabled(torch.is_grad_enabled() and key is None):
-                x = t["token_embedding"](tokens).to(cast_dtype)
-                x = x + t["positional_embedding"][:length].to(cast_dtype)
-                if frozen_blocks:
-                    x = self._run_blocks(blocks[:frozen_blocks], x, mask, None, "text")
-            if key is not None:
-                if len(cache) >= 4:
-                    cache.clear()
-                cache[key] = x.detach()
-        x = self._run_blocks(blocks, x, mask, block_hook, "text", start=frozen_blocks)
         x = t["ln_final"](x)
         x = text_global_pool(x, tokens, t["pool_type"], eos_token_id=t["eos_id"])
         proj = t["text_projection"]
         if proj is not None:
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return x
-
-    def _prefix_key(self, tokens: Tensor, frozen_blocks: int) -> tuple:
-        dev = tokens.device.type
-        autocast = torch.is_autocast_enabled(dev)
-        dtype = torch.get_autocast_dtype(dev) if autocast else None
-        digest = hashlib.sha1(tokens.detach().cpu().numpy().tobytes()).hexdigest()
-        weights = self._text["transformer"].get_cast_dtype()
-        return (digest, tuple(tokens.shape), str(tokens.device), frozen_blocks, autocast, dtype, weights)
 
     # ----------------------------------------------------------------- vision
 

@@ -32,12 +32,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from descgen.fileio import sync_directory, write_text_atomic
 from msta.errors import MstaError
 
 WEIGHTS = "adapters.safetensors"
 TRAINER = "trainer.pt"
 MANIFEST = "manifest.json"
 NAMES = ("last", "best", "previous")
+
+# The former name of descgen.fileio.write_text_atomic, kept for callers.
+atomic_write_text = write_text_atomic
 
 
 class CheckpointError(MstaError):
@@ -46,33 +50,6 @@ class CheckpointError(MstaError):
 
 def ckpt_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -156,17 +133,17 @@ def save(
                 shutil.rmtree(final)
         if tmp != final:
             os.replace(tmp, final)
-        _fsync_dir(root)
+        sync_directory(root)
     except BaseException:
         if tmp != final:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     old_last = pointer(run_dir, "last") if "last" in names else None
     if old_last is not None and old_last.get("dir") != final.name:
-        atomic_write_text(root / "previous.json", json.dumps(old_last, indent=1))
+        write_text_atomic(root / "previous.json", json.dumps(old_last, indent=1))
     for name in names:
-        atomic_write_text(root / f"{name}.json", json.dumps({"dir": final.name, **info}, indent=1))
-    _fsync_dir(root)
+        write_text_atomic(root / f"{name}.json", json.dumps({"dir": final.name, **info}, indent=1))
+    sync_directory(root)
     prune(run_dir)
     return final
 
@@ -223,7 +200,7 @@ def sha256_file(path: Path) -> str:
 
 def _write_manifest(d: Path, info: dict[str, Any]) -> None:
     files = {f: {"size": (d / f).stat().st_size, "sha256": sha256_file(d / f)} for f in (WEIGHTS, TRAINER)}
-    atomic_write_text(d / MANIFEST, json.dumps({"files": files, **info}, indent=1))
+    write_text_atomic(d / MANIFEST, json.dumps({"files": files, **info}, indent=1))
 
 
 def problems(d: Path, files: tuple[str, ...] = (WEIGHTS, TRAINER)) -> list[str]:
@@ -290,5 +267,5 @@ def repoint(run_dir: str | Path, name: str, target: str) -> None:
     info = pointer(run_dir, target)
     if info is None:
         raise CheckpointError(f"no '{target}' checkpoint in {run_dir}")
-    atomic_write_text(ckpt_root(run_dir) / f"{name}.json", json.dumps(info, indent=1))
+    write_text_atomic(ckpt_root(run_dir) / f"{name}.json", json.dumps(info, indent=1))
     prune(run_dir)

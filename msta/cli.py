@@ -2,7 +2,8 @@
 and are registered here, each behind the one handler of user errors: an
 :class:`msta.errors.MstaError` (or a :class:`descgen.errors.DescgenError` raised through descgen's
 API) ends the command with ``error: <message>`` on one line of stderr and the error's exit code,
-an interrupt with ``interrupted`` and exit code 130; never a traceback.
+an interrupt with ``interrupted`` and exit code 130; never a traceback. Both derive from
+:class:`descgen.errors.UserError`, which is what the handler catches.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from typing import Any, NoReturn
 
 import typer
 
-from descgen.errors import DescgenError
+from descgen.errors import UserError
 from msta import cli_compare, cli_data, cli_model, cli_report, cli_train
-from msta.errors import MstaError
 
 app = typer.Typer(
     name="msta",
@@ -41,7 +41,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def command(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (MstaError, DescgenError) as exc:
+        except UserError as exc:
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", 130)

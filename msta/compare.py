@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from msta import checkpoint as ckpt
+from descgen.fileio import OutputPathError, write_text_atomic
 from msta.classifier import ClassifierSpec, class_weights, open_store
 from msta.config import load_config
 from msta.run import (
@@ -329,7 +329,7 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path
     }
     for key, path in paths.items():
         try:
-            ckpt.atomic_write_text(path, texts[key])
-        except OSError as exc:
-            raise TrainError(f"cannot write {path}: {exc.strerror or exc}") from None
+            write_text_atomic(path, texts[key])
+        except OutputPathError as exc:
+            raise TrainError(str(exc)) from None
     return paths

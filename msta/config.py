@@ -346,9 +346,6 @@ def load_config(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ())
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved configuration as YAML (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(cfg.to_yaml(), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    from descgen.fileio import write_text_atomic
+
+    return write_text_atomic(path, cfg.to_yaml())

@@ -113,6 +113,7 @@ def average_gradients(env: DistEnv, params: list[torch.nn.Parameter]) -> None:
         offset += n
 
 
+@dataclass(frozen=True)
 class ShardedOrder:
     """Which samples each rank sees, in which order, for one epoch; resumable mid-epoch.
 
@@ -122,47 +123,37 @@ class ShardedOrder:
     batches is exactly the k-th global batch of a single process with the same global batch size.
     """
 
-    def __init__(
-        self,
-        num_samples: int,
-        world_size: int,
-        rank: int,
-        local_batch: int,
-        seed: int,
-        shuffle: bool = True,
-        drop_last: bool = True,
-    ):
-        self.n = num_samples
-        self.world = world_size
-        self.rank = rank
-        self.local_batch = local_batch
-        self.seed = seed
-        self.shuffle = shuffle
-        self.drop_last = drop_last
+    num_samples: int
+    world_size: int
+    rank: int
+    local_batch: int
+    seed: int
+    shuffle: bool = True
+    drop_last: bool = True
 
     @property
     def global_batch(self) -> int:
-        return self.local_batch * self.world
+        return self.local_batch * self.world_size
 
     def batches_per_epoch(self) -> int:
         if self.drop_last:
-            return self.n // self.global_batch
-        return -(-self.n // self.global_batch)
+            return self.num_samples // self.global_batch
+        return -(-self.num_samples // self.global_batch)
 
     def epoch_order(self, epoch: int) -> list[int]:
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
+            order = torch.randperm(self.num_samples, generator=g).tolist()
         else:
-            order = list(range(self.n))
+            order = list(range(self.num_samples))
         total = self.batches_per_epoch() * self.global_batch
         if total > len(order):
             order = (order * (total // max(len(order), 1) + 1))[:total]
         return order[:total]
 
     def local_batches(self, epoch: int, skip_batches: int = 0) -> Iterator[list[int]]:
-        order = self.epoch_order(epoch)[self.rank :: self.world]
+        order = self.epoch_order(epoch)[self.rank :: self.world_size]
         for b in range(skip_batches, self.batches_per_epoch()):
             yield order[b * self.local_batch : (b + 1) * self.local_batch]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from msta import checkpoint as ckpt
+from descgen.fileio import write_text_atomic
 from msta.classifier import ClassifierSpec, class_weights
 from msta.config import Config, ConfigError, load_config
 from msta.plots import plot_confusion, plot_training_curve
@@ -224,17 +224,11 @@ def evaluate_run(
     cfg = run_config(run_dir, overrides)
     env = D.setup(cfg.run.device)
     try:
-        specs = resolve_splits(cfg, splits, classes, root, target)
-        view_str = views or cfg.eval.views
-        vc = parse_views(view_str)
         if checkpoint not in ("last", "best", "both"):
             raise TrainError(f"--checkpoint must be last, best or both, not {checkpoint!r}")
         which_list = ["last", "best"] if checkpoint == "both" else [checkpoint]
-        prepared = prepare_splits(cfg, specs)
-        results = {
-            which: evaluate_checkpoint(run_dir, cfg, which, prepared, env, vc, view_str, classifier)
-            for which in which_list
-        }
+        scoring = Scoring.of(cfg, env, resolve_splits(cfg, splits, classes, root, target), views, classifier)
+        results = {which: evaluate_checkpoint(run_dir, which, scoring) for which in which_list}
         if env.is_main:
             write_report(run_dir, results, plots)
         return results[which_list[0]] if len(which_list) == 1 else {**results["last"], "checkpoints": results}
@@ -277,7 +271,7 @@ def _list_splits(splits: Sequence[str], classes: str | None, root: str | None) -
     return specs
 
 
-def prepare_splits(cfg: Config, specs: Sequence[SplitSpec]) -> list[tuple[SplitSpec, list[str], list[Any]]]:
+def prepare_splits(cfg: Config, specs: Sequence[SplitSpec]) -> Prepared:
     """Every split's class names and video items, read and checked before any scoring (so that a
     bad file fails early)."""
     prepared = []
@@ -289,68 +283,81 @@ def prepare_splits(cfg: Config, specs: Sequence[SplitSpec]) -> list[tuple[SplitS
     return prepared
 
 
-def evaluate_checkpoint(
-    run_dir: Path,
-    cfg: Config,
-    which: str,
-    prepared: Sequence[tuple[SplitSpec, list[str], list[Any]]],
-    env,
-    views: tuple[int, int],
-    view_str: str,
-    classifier: ClassifierSpec | None = None,
-) -> dict[str, Any]:
+Prepared = list[tuple[SplitSpec, list[str], list[Any]]]  # (split, class names, video items)
+
+
+@dataclass
+class Scoring:
+    """What scoring a model needs besides the model: the config, the splits (read and checked),
+    the device environment, the views and how the class weights are built."""
+
+    cfg: Config
+    prepared: Prepared
+    env: Any
+    view_str: str
+    classifier: ClassifierSpec
+
+    @classmethod
+    def of(cls, cfg: Config, env: Any, specs: Sequence[SplitSpec], views: str | None, classifier) -> Scoring:
+        """Views checked (default ``eval.views``), then every split read, before anything is scored."""
+        view_str = views or cfg.eval.views
+        parse_views(view_str)
+        return cls(cfg, prepare_splits(cfg, specs), env, view_str, classifier)
+
+    @property
+    def views(self) -> tuple[int, int]:
+        return parse_views(self.view_str)
+
+    def result(self, model, label: str, info: dict[str, Any]) -> dict[str, Any]:
+        """``model`` scored on every split, as the report of ``label`` (a checkpoint, or zero-shot)."""
+        return _assemble(label, info, self.score(model, label), self.view_str, self.classifier)
+
+    def score(self, model, label: str) -> dict[str, Any]:
+        """Every prepared split scored by ``model`` with the class weights of the classifier."""
+        cfg, env, views = self.cfg, self.env, self.views
+        bs = cfg.eval.batch_size or max(1, cfg.optim.batch_size // max(1, views[0] * views[1]))
+        out_splits: dict[str, Any] = {}
+        for sp, names, items in self.prepared:
+            ds = make_dataset(
+                cfg,
+                items,
+                train=False,
+                image_size=model.image_size,
+                views=views,
+                root=sp.root,
+                stats=model.input_stats,
+            )
+            with autocast(env.device):
+                text, weights_info = class_weights(model, names, self.classifier)
+            res = evaluate_split(
+                model, ds, names, env, batch_size=bs, num_workers=cfg.data.num_workers, text=text
+            )
+            res["list"] = expand(sp.list, cfg)
+            res["classes"] = list(names)
+            res["group"] = sp.group
+            res["classifier"] = weights_info
+            out_splits[sp.name] = res
+            if env.is_main:
+                _console().print(
+                    f"[{label}] {sp.name}: top-1 {res['top1']:.4f}, top-5 {res['top5']:.4f} "
+                    f"({res['n']} videos, {len(names)} classes)",
+                    highlight=False,
+                    markup=False,
+                    soft_wrap=True,
+                )
+        return out_splits
+
+
+def evaluate_checkpoint(run_dir: Path, which: str, scoring: Scoring) -> dict[str, Any]:
     """Score one checkpoint (``last`` or ``best``) on every prepared split."""
     import torch
 
-    model, info = load_run_model(run_dir, cfg, which, env.device)
-    out_splits = score_splits(model, cfg, prepared, env, views, which, classifier)
+    model, info = load_run_model(run_dir, scoring.cfg, which, scoring.env.device)
+    result = scoring.result(model, which, info)
     del model
-    if env.device.type == "cuda":
+    if scoring.env.device.type == "cuda":
         torch.cuda.empty_cache()
-    return _assemble(which, info, out_splits, view_str, classifier)
-
-
-def score_splits(
-    model,
-    cfg: Config,
-    prepared: Sequence[tuple[SplitSpec, list[str], list[Any]]],
-    env,
-    views: tuple[int, int],
-    label: str,
-    classifier: ClassifierSpec | None = None,
-) -> dict[str, Any]:
-    """Every prepared split scored by ``model`` with the class weights of ``classifier``."""
-    bs = cfg.eval.batch_size or max(1, cfg.optim.batch_size // max(1, views[0] * views[1]))
-    out_splits: dict[str, Any] = {}
-    for sp, names, items in prepared:
-        ds = make_dataset(
-            cfg,
-            items,
-            train=False,
-            image_size=model.image_size,
-            views=views,
-            root=sp.root,
-            stats=model.input_stats,
-        )
-        with autocast(env.device):
-            text, weights_info = class_weights(model, names, classifier)
-        res = evaluate_split(
-            model, ds, names, env, batch_size=bs, num_workers=cfg.data.num_workers, text=text
-        )
-        res["list"] = expand(sp.list, cfg)
-        res["classes"] = list(names)
-        res["group"] = sp.group
-        res["classifier"] = weights_info
-        out_splits[sp.name] = res
-        if env.is_main:
-            _console().print(
-                f"[{label}] {sp.name}: top-1 {res['top1']:.4f}, top-5 {res['top5']:.4f} "
-                f"({res['n']} videos, {len(names)} classes)",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
-    return out_splits
+    return result
 
 
 def evaluate_zero_shot(
@@ -374,13 +381,9 @@ def evaluate_zero_shot(
         raise TrainError("--zero-shot needs --split LIST (with --classes and --root) or --target")
     env = D.setup(cfg.run.device)
     try:
-        specs = resolve_splits(cfg, splits, classes, root, target)
-        view_str = views or cfg.eval.views
-        vc = parse_views(view_str)
-        prepared = prepare_splits(cfg, specs)
+        scoring = Scoring.of(cfg, env, resolve_splits(cfg, splits, classes, root, target), views, classifier)
         model = build_seeded_model(cfg).to(env.device).eval()
-        out_splits = score_splits(model, cfg, prepared, env, vc, "zero-shot", classifier)
-        return _assemble("zero-shot", {}, out_splits, view_str, classifier)
+        return scoring.result(model, "zero-shot", {})
     finally:
         D.cleanup(env)
 
@@ -445,7 +448,7 @@ def _assemble(
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    ckpt.atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
+    write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def _console():

@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+from descgen.fileio import write_text_atomic
 from msta import checkpoint as ckpt
 from msta import distributed as D
 from msta.config import Config, load_config, save_config
@@ -218,7 +219,7 @@ class MetricsLog:
                 continue
             if int(row.get("global_step", 0)) <= global_step:
                 keep.append(line)
-        ckpt.atomic_write_text(self.path, "".join(k + "\n" for k in keep))
+        write_text_atomic(self.path, "".join(k + "\n" for k in keep))
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -251,15 +252,7 @@ class TrainState:
     log_acc: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "best_top1": self.best_top1,
-            "best_epoch": self.best_epoch,
-            "skipped": self.skipped,
-            "log_acc": dict(self.log_acc),
-        }
+        return asdict(self)  # a copy: log_acc included
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainState:
@@ -678,7 +671,7 @@ class TrainRecipe:
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, run_dir / CONFIG_FILE)
             classes = {"classes": self.names, "descriptions": self.desc_info}
-            ckpt.atomic_write_text(run_dir / CLASSES_FILE, json.dumps(classes, indent=1, ensure_ascii=False))
+            write_text_atomic(run_dir / CLASSES_FILE, json.dumps(classes, indent=1, ensure_ascii=False))
             if self.resume:
                 self.metrics.truncate_after(self.state.global_step)
         D.barrier(env)
@@ -872,7 +865,7 @@ class TrainRecipe:
             "descriptions": self.desc_info,
         }
         if self.env.is_main:
-            ckpt.atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=1))
+            write_text_atomic(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=1))
             val = (
                 f", val top-1 {last_val['top1']:.4f} (best {state.best_top1:.4f} at epoch {state.best_epoch})"
                 if last_val

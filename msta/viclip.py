@@ -25,14 +25,12 @@ average of the result.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from descgen.encoders import (
     IMAGENET_MEAN,
@@ -45,8 +43,8 @@ from descgen.encoders import (
     tokenizer_for,
 )
 from descgen.viclip_text import Transformer, packed_attention
+from msta.blocks import BlockHook, FrozenBackbone, add_hook_output
 
-BlockHook = Callable[[str, int, Tensor, Tensor], Tensor | None]
 TEMPORAL_POSITIONS = 8
 
 
@@ -117,11 +115,7 @@ def run_block(
     h = blk.ln_1(x)
     y = x + packed_attention(blk.attn, h, mask)
     y = y + blk.mlp(blk.ln_2(y))
-    if hook is not None:
-        extra = hook(kind, index, x, h)
-        if extra is not None:
-            y = y + extra
-    return y
+    return add_hook_output(y, hook, kind, index, x, h)
 
 
 class _Temp(nn.Module):
@@ -148,8 +142,10 @@ def create_viclip(spec: EncoderSpec, seed: int = RANDOM_SEED) -> ViCLIP:
     return model
 
 
-class ViCLIPBackbone(nn.Module):
+class ViCLIPBackbone(FrozenBackbone):
     """A frozen ViCLIP run block by block with adapter hooks (see the module docstring)."""
+
+    block_fn = staticmethod(run_block)
 
     def __init__(self, model: ViCLIP, name: str, pretrained: str, tokenizer: Callable[..., Tensor]) -> None:
         super().__init__()
@@ -166,7 +162,6 @@ class ViCLIPBackbone(nn.Module):
         self.embed_dim = vision.output_dim
         self.image_mean = IMAGENET_MEAN
         self.image_std = IMAGENET_STD
-        self.grad_checkpointing = False
         self.tokenizer = tokenizer
         self.register_buffer("logit_scale", 1.0 / model.temp.detach().clone(), persistent=False)
 
@@ -177,22 +172,6 @@ class ViCLIPBackbone(nn.Module):
     def frozen_text_model(self) -> nn.Module:
         """The text module whose weights define the encoder fingerprint (as ``descgen encode``)."""
         return self.model.text_encoder
-
-    def train(self, mode: bool = True) -> ViCLIPBackbone:
-        super().train(False)  # frozen: always eval mode
-        return self
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = bool(enable)
-
-    def _run_blocks(self, blocks, x: Tensor, mask, hook, kind: str, start: int = 0) -> Tensor:
-        use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
-        for i in range(start, len(blocks)):
-            if use_ckpt:
-                x = checkpoint(run_block, blocks[i], x, mask, hook, kind, i, use_reentrant=False)
-            else:
-                x = run_block(blocks[i], x, mask, hook, kind, i)
-        return x
 
     # ----------------------------------------------------------------- layout
 
@@ -215,41 +194,17 @@ class ViCLIPBackbone(nn.Module):
         """The shortest context giving exactly the full-context result (causal, end-token pooling)."""
         return self.model.text_encoder.cut_length(tokens)
 
-    def encode_text_tokens(
-        self,
-        tokens: Tensor,
-        block_hook: BlockHook | None = None,
-        cut: bool = True,
-        frozen_blocks: int = 0,
-        cache: dict | None = None,
-    ) -> Tensor:
-        """[N, context] token ids -> [N, embed_dim] (not normalised). ``frozen_blocks`` leading
-        blocks are left to no hook; with a ``cache`` their output is computed once per token batch."""
-        text = self.model.text_encoder
-        if cut:
-            tokens = tokens[:, : self.text_cut_length(tokens)]
-        length = tokens.shape[1]
-        blocks = text.transformer.resblocks
-        mask = text.attn_mask[:length, :length]
-        frozen_blocks = min(max(frozen_blocks, 0), len(blocks))
-        key = self._prefix_key(tokens, frozen_blocks) if cache is not None and frozen_blocks else None
-        x = cache.get(key) if key is not None else None
-        if x is None:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and key is None):
-                x = self._run_blocks(blocks[:frozen_blocks], text.embed(tokens), mask, None, "text")
-            if key is not None:
-                if len(cache) >= 4:
-                    cache.clear()
-                cache[key] = x.detach()
-        x = self._run_blocks(blocks, x, mask, block_hook, "text", start=frozen_blocks)
-        return text.pool(x, tokens)
+    def _text_blocks(self) -> nn.ModuleList:
+        return self.model.text_encoder.transformer.resblocks
 
-    def _prefix_key(self, tokens: Tensor, frozen_blocks: int) -> tuple:
-        dev = tokens.device.type
-        autocast = torch.is_autocast_enabled(dev)
-        dtype = torch.get_autocast_dtype(dev) if autocast else None
-        digest = hashlib.sha1(tokens.detach().cpu().numpy().tobytes()).hexdigest()
-        return (digest, tuple(tokens.shape), str(tokens.device), frozen_blocks, autocast, dtype)
+    def _text_mask(self, length: int) -> Tensor:
+        return self.model.text_encoder.attn_mask[:length, :length]
+
+    def _embed_text(self, tokens: Tensor) -> Tensor:
+        return self.model.text_encoder.embed(tokens)
+
+    def _pool_text(self, x: Tensor, tokens: Tensor) -> Tensor:
+        return self.model.text_encoder.pool(x, tokens)
 
     # ----------------------------------------------------------------- vision
 

@@ -12,7 +12,6 @@ come from the environment (see ``scripts/quickstart.sh``).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shlex
@@ -26,6 +25,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+from descgen.errors import DescgenError
+from msta.errors import MstaError
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "synth"
@@ -183,33 +185,12 @@ def cli_options(options: Mapping[str, object]) -> list[object]:
     return [x for key, value in options.items() for x in (f"--{key.replace('_', '-')}", value)]
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The errors a user can cause in descgen and msta: reported in one line, no traceback.
-
-    Evaluated only when an exception is raised (in an ``except`` clause), so nothing heavy is
-    imported before it is needed.
-    """
-    from descgen.datasets import ClassListError
-    from descgen.encode import DescgenDataError
-    from descgen.errors import DescgenError
-    from descgen.generate import GenerateInputError
-    from descgen.store import StoreError
-    from msta.checkpoint import CheckpointError
-    from msta.config import ConfigError
-    from msta.data import DataError
-    from msta.errors import MstaError
-    from msta.train import TrainError
-
-    descgen = (DescgenError, ClassListError, DescgenDataError, GenerateInputError, StoreError)
-    return (*descgen, MstaError, CheckpointError, ConfigError, DataError, TrainError)
-
-
 @contextlib.contextmanager
 def failing_as(what: str) -> Iterator[None]:
-    """Turn a user error of the library into QuickstartError("<what> failed: ...")."""
+    """Turn a user error of descgen or msta into QuickstartError("<what> failed: ...")."""
     try:
         yield
-    except _user_errors() as exc:
+    except (DescgenError, MstaError) as exc:
         raise QuickstartError(f"{what} failed: {exc}") from None
 
 
@@ -286,12 +267,13 @@ def generate_cli_args(s: Settings) -> list[object]:
 
 def plan_descriptions(s: Settings) -> DescriptionPlan:
     """What ``descgen generate`` would request (nothing is written)."""
-    from descgen.generate import generate
+    from descgen.generate import Summary
+    from descgen.plan import plan
 
-    text = io.StringIO()
     with failing_as("descgen generate --dry-run"):
-        summary = generate(**generate_kwargs(s), dry_run=True, out=text)
-    return DescriptionPlan(summary.set_id, list(summary.to_request), text.getvalue() + summary.line() + "\n")
+        p = plan(**generate_kwargs(s))
+    text = "".join(f"{line}\n" for line in [*p.text_lines(), Summary.of(p, dry_run=True).line()])
+    return DescriptionPlan(p.set_id, list(p.to_send), text)
 
 
 def prepare_model(s: Settings, ui: Ui) -> None:
