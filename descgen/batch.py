@@ -463,18 +463,17 @@ def collect(
 def collect_wait(
     store: Store,
     client: Any,
-    max_invalid: int = 2,
-    options: dict | None = None,
-    batch_ids: list[str] | None = None,
+    *collect_args: Any,
     poll_s: float = 5.0,
     max_poll_s: float = 300.0,
     out: TextIO | None = None,
 ) -> CollectSummary:
-    """Collect, polling with exponential backoff until no batch is pending."""
+    """Collect (``collect_args``: :func:`collect`'s max_invalid, options, batch_ids), polling with
+    exponential backoff until no batch is pending."""
     total = CollectSummary()
     delay = poll_s
     while True:
-        s = collect(store, client, max_invalid, options, batch_ids)
+        s = collect(store, client, *collect_args)
         _merge(total, s)
         total.pending = s.pending
         if not s.pending:
@@ -546,7 +545,7 @@ def generate_batch(
         ids = submit(p, client, store)
         if not wait:
             return ids, None
-        return ids, collect_wait(store, client, p.max_invalid, options, ids or None, poll_s, out=out)
+        return ids, collect_wait(store, client, p.max_invalid, options, ids or None, poll_s=poll_s, out=out)
 
 
 def generate_batch_file(p: Plan, path: str | Path) -> tuple[str, int]:

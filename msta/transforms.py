@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -280,15 +281,10 @@ def train_views(
     return (x.flip(-1) if params.flip else x), colour_map(params, stats)
 
 
-def train_transform(
-    frames: np.ndarray | torch.Tensor,
-    input_size: int,
-    rng: np.random.Generator,
-    hflip: bool,
-    stats: Stats | None = None,
-) -> torch.Tensor:
-    """Training augmentation of one clip: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]``."""
-    return finish(*train_views(frames, input_size, rng, hflip, stats))
+def train_transform(frames: np.ndarray | torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Training augmentation of one clip: uint8 ``[T, H, W, 3]`` -> float ``[T, 3, S, S]``; the
+    arguments of :func:`train_views` (input size, generator, hflip, stats)."""
+    return finish(*train_views(frames, *args, **kwargs))
 
 
 def eval_views(

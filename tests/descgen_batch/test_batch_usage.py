@@ -10,8 +10,8 @@ import pytest
 from descgen.batch import estimate, estimate_lines
 from descgen.plan import plan
 from descgen.store import Store
-from tests.descgen.conftest import invoke_cli
 from tests.descgen_batch.fake_batch import FakeBatchAPI
+from tests.descgen_helpers import run_cli
 
 DISCOUNT = 0.4  # not the packaged 0.5, so the test sees that the table's value is used
 PRICES = {"fake-model": (150.0, 600.0), "other-model": (20.0, 80.0)}  # US dollars per 1M tokens
@@ -33,7 +33,7 @@ def _classes(tmp_path: Path, count: int) -> Path:
 
 
 def _generate(fake: FakeBatchAPI, tmp_path: Path, model: str, *extra: str):
-    r = invoke_cli(
+    r = run_cli(
         "generate", "--classes", str(_classes(tmp_path, 4)), "--cache", str(tmp_path / "c.db"),
         "--model", model, "--base-url", fake.url, "--n", "2", *extra,
     )  # fmt: skip
@@ -72,7 +72,7 @@ def _cache_with_batch_and_online_answers(fake: FakeBatchAPI, tmp_path: Path) -> 
 def test_usage_applies_the_batch_discount(fake_batch: FakeBatchAPI, tmp_path: Path) -> None:
     db = _cache_with_batch_and_online_answers(fake_batch, tmp_path)
     prices = _price_table(tmp_path)
-    r = invoke_cli("usage", "--cache", str(db), "--pricing", str(prices), "--json")
+    r = run_cli("usage", "--cache", str(db), "--pricing", str(prices), "--json")
     assert r.returncode == 0, r.output
     rep = json.loads(r.stdout)
     expected = _expected(db)
@@ -96,7 +96,7 @@ def test_usage_applies_the_batch_discount(fake_batch: FakeBatchAPI, tmp_path: Pa
     assert rep["total_online_cost_usd"] == pytest.approx(online, abs=1e-6)
     assert rep["total_batch_saving_usd"] == pytest.approx(online - total, abs=1e-6)
 
-    r = invoke_cli("usage", "--cache", str(db), "--pricing", str(prices))
+    r = run_cli("usage", "--cache", str(db), "--pricing", str(prices))
     assert r.returncode == 0, r.output
     text = " ".join(r.stdout.split())
     assert "Answers through a batch (batch price x0.4)" in text
@@ -115,11 +115,11 @@ def test_usage_without_batches_prices_online(fake_batch: FakeBatchAPI, tmp_path:
     _generate(fake_batch, tmp_path, "other-model")
     db = tmp_path / "c.db"
     prices = _price_table(tmp_path)
-    rep = json.loads(invoke_cli("usage", "--cache", str(db), "--pricing", str(prices), "--json").stdout)
+    rep = json.loads(run_cli("usage", "--cache", str(db), "--pricing", str(prices), "--json").stdout)
     (row,) = rep["models"]
     assert row["batch_requests"] == 0 and row["batch_saving_usd"] == 0
     assert row["cost_usd"] == pytest.approx(_expected(db)["other-model"]["online"], abs=1e-6)
-    out = invoke_cli("usage", "--cache", str(db), "--pricing", str(prices)).stdout
+    out = run_cli("usage", "--cache", str(db), "--pricing", str(prices)).stdout
     assert "batch" not in out and "estimated cost" in out
 
 
@@ -127,5 +127,5 @@ def test_usage_without_batches_prices_online(fake_batch: FakeBatchAPI, tmp_path:
 def test_bad_batch_discount_is_a_user_error(fake_batch: FakeBatchAPI, tmp_path: Path, discount: str) -> None:
     _generate(fake_batch, tmp_path, "other-model")
     prices = _price_table(tmp_path, discount)
-    r = invoke_cli("usage", "--cache", str(tmp_path / "c.db"), "--pricing", str(prices))
+    r = run_cli("usage", "--cache", str(tmp_path / "c.db"), "--pricing", str(prices))
     assert r.returncode == 2 and "batch_discount" in r.stderr
