@@ -20,6 +20,11 @@ built model; CUDA: ``torch.cuda.max_memory_allocated``) and the ratios to full f
 ``msta-128``), with the context cut to the longest end-of-text token against the full context.
 
 On CUDA the step runs under bf16 autocast (default batch 32) and clips per second are printed.
+Every row also shows the FLOPs of one step, counted by ``torch.utils.flop_counter`` on an extra
+untimed step (2 x multiply-adds of every matrix product, convolution and attention, forward and
+backward, as executed), the achieved TFLOP/s, and the model FLOP utilisation against the device's
+dense bf16 peak (``--peak-tflops``; known for H100/H200 and A100, otherwise not printed).
+``--compile`` runs the model under ``torch.compile``.
 ``--loader LIST --root DIR`` feeds the steps from the real video data loader instead of random
 tensors (end-to-end figure).
 
@@ -80,6 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--set", dest="overrides", action="append", default=[], help="config override for every run"
     )
     p.add_argument("--json", action="store_true", help="also print all results as one JSON object")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="device peak TFLOP/s for utilisation (default: known GPUs)",
+    )
+    p.add_argument("--compile", action="store_true", help="run the model under torch.compile")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -173,7 +185,10 @@ def build(kind: str, args, device):
     model = build_model(cfg)
     if kind == "full-ft":
         model.set_backbone_trainable(True)
-    return model.to(device)
+    model = model.to(device)
+    if args.compile:
+        model.forward = torch.compile(model.forward)
+    return model
 
 
 def _sync(device) -> None:
@@ -250,6 +265,7 @@ def run_worker(kind: str, args) -> dict:
         step()
         _sync(device)
         times.append(time.perf_counter() - t0)
+    flops = step_flops(step)
     out = {
         "config": kind,
         "device": str(device),
@@ -258,6 +274,8 @@ def run_worker(kind: str, args) -> dict:
         "total": total,
         "step_s": statistics.median(times),
         "times": times,
+        "flops": flops,
+        "tflops_per_s": flops / statistics.median(times) / 1e12,
     }
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
@@ -267,6 +285,29 @@ def run_worker(kind: str, args) -> dict:
         out.update(peak_mb=peak, step_mb=peak - base_rss)
     out["clips_per_s"] = args.batch / out["step_s"]
     return out
+
+
+def step_flops(step) -> float:
+    """FLOPs of one call of ``step`` as executed (forward and backward), by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks
+
+
+def peak_tflops(args, results: dict) -> float | None:
+    if args.peak_tflops:
+        return args.peak_tflops
+    names = {r.get("gpu", "") for r in results.values()}
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if any(key in n for n in names):
+            return value
+    return None
 
 
 def run_text(model, names, args, device, autocast) -> dict:
@@ -303,6 +344,8 @@ def run_config(kind: str, args, backbone: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--backbone", backbone]
     for key in ("device", "frames", "classes", "steps", "warmup", "text_steps", "batch"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    if args.compile:
+        cmd.append("--compile")
     for o in args.overrides:
         cmd += ["--set", o]
     if args.loader:
@@ -315,41 +358,60 @@ def run_config(kind: str, args, backbone: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def print_table(backbone: str, results: dict, wanted: list[str]) -> None:
-    """Step time and memory of each configuration of one backbone, with ratios to full fine-tuning."""
+def print_table(backbone: str, results: dict, wanted: list[str], peak: float | None) -> None:
+    """Step time, FLOPs and memory of each configuration of one backbone, with ratios to full
+    fine-tuning and the goals."""
     ref = results.get("full-ft")
     rows = [k for k in wanted if k != "text"]
     if rows:
         print(
-            f"\n{backbone}\n{'configuration':<10} {'trainable':>12} {'step s':>8} {'clips/s':>8} "
-            f"{'peak MB':>9} {'step MB':>8} {'time/FT':>8} {'peak/FT':>8} {'stepMB/FT':>9}"
+            f"\n{backbone}\n{'configuration':<10} {'trainable':>12} {'step s':>8} {'clips/s':>8} {'GFLOP':>8} "
+            f"{'TFLOP/s':>8} {'MFU':>6} {'peak MB':>9} {'step MB':>8} {'time/FT':>8} {'peak/FT':>8}"
         )
         for k in rows:
             r = results[k]
-            ratios = ("", "", "")
+            mfu = f"{100 * r['tflops_per_s'] / peak:.1f}%" if peak else "-"
+            ratios = ("", "")
             if ref:
-                ratios = (
-                    f"{r['step_s'] / ref['step_s']:.2f}x",
-                    f"{r['peak_mb'] / ref['peak_mb']:.2f}x",
-                    f"{r['step_mb'] / ref['step_mb']:.2f}x",
-                )
+                ratios = (f"{r['step_s'] / ref['step_s']:.2f}x", f"{r['peak_mb'] / ref['peak_mb']:.2f}x")
             print(
-                f"{k:<10} {r['trainable']:>12,} {r['step_s']:>8.2f} {r['clips_per_s']:>8.2f} {r['peak_mb']:>9.0f} "
-                f"{r['step_mb']:>8.0f} {ratios[0]:>8} {ratios[1]:>8} {ratios[2]:>9}"
+                f"{k:<10} {r['trainable']:>12,} {r['step_s']:>8.3f} {r['clips_per_s']:>8.2f} "
+                f"{r['flops'] / 1e9:>8.1f} {r['tflops_per_s']:>8.2f} {mfu:>6} {r['peak_mb']:>9.0f} "
+                f"{r['step_mb']:>8.0f} {ratios[0]:>8} {ratios[1]:>8}"
             )
+    print_goals(results, peak)
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def print_goals(results: dict, peak: float | None) -> None:
+    ref = results.get("full-ft")
+    if ref and "msta-256" in results:
+        t = results["msta-256"]["step_s"] / ref["step_s"]
+        print(
+            f"goal MSTA(256, 1-12) step time vs full fine-tuning: {t:.2f}x (<= 0.75: {_verdict(t <= 0.75)})"
+        )
     if ref and "msta-128" in results:
         r = results["msta-128"]
         t, m = r["step_s"] / ref["step_s"], r["peak_mb"] / ref["peak_mb"]
+        speed = r["clips_per_s"] / ref["clips_per_s"]
         print(
-            f"goal MSTA(128, 8-12) vs full fine-tuning: step time {t:.2f}x (<= 0.6: {'met' if t <= 0.6 else 'MISSED'}), "
-            f"peak memory {m:.2f}x (<= 0.6: {'met' if m <= 0.6 else 'MISSED'})"
+            f"goal MSTA(128, 8-12) vs full fine-tuning: clips/s {speed:.2f}x (>= 2: {_verdict(speed >= 2)}), "
+            f"step time {t:.2f}x, peak memory {m:.2f}x (<= 0.6: {_verdict(m <= 0.6)})"
         )
+        if peak:
+            mfu = r["tflops_per_s"] / peak
+            print(
+                f"goal MSTA(128, 8-12) model FLOP utilisation: {100 * mfu:.1f}% (>= 35%: {_verdict(mfu >= 0.35)})"
+            )
     if "text" in results:
         r = results["text"]
         print(
             f"text branch, {r['classes']} classes, forward+backward: cut to {r['cut_tokens']} tokens "
             f"{r['cut_s']:.2f}s, full {r['full_tokens']} tokens {r['full_s']:.2f}s -> {r['speedup']:.1f}x "
-            f"(>= 3: {'met' if r['speedup'] >= 3 else 'MISSED'}); cut + cached frozen blocks "
+            f"(>= 3: {_verdict(r['speedup'] >= 3)}); cut + cached frozen blocks "
             f"{r['cut_cached_s']:.2f}s ({r['full_s'] / r['cut_cached_s']:.1f}x)"
         )
 
@@ -381,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             results[backbone][kind] = run_config(kind, args, backbone)
             print(f"  ran {backbone} {kind} in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-        print_table(backbone, results[backbone], wanted)
+        print_table(backbone, results[backbone], wanted, peak_tflops(args, results[backbone]))
     if args.json:
         print(json.dumps(results))
 
