@@ -251,6 +251,15 @@ def run_worker(kind: str, args) -> dict:
         loss.backward()
         opt.step()
 
+    out = {"config": kind, "device": str(device), "batch": args.batch, "trainable": trainable, "total": total}
+    out.update(measure(step, args, device))
+    return out
+
+
+def measure(step, args, device) -> dict:
+    """Median step time after warm-up, the peak memory and its growth, FLOPs and TFLOP/s of ``step``."""
+    import torch
+
     _sync(device)
     base_rss = _rss_mb()
     if device.type == "cuda":
@@ -265,24 +274,15 @@ def run_worker(kind: str, args) -> dict:
         step()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    flops = step_flops(step)
-    out = {
-        "config": kind,
-        "device": str(device),
-        "batch": args.batch,
-        "trainable": trainable,
-        "total": total,
-        "step_s": statistics.median(times),
-        "times": times,
-        "flops": flops,
-        "tflops_per_s": flops / statistics.median(times) / 1e12,
-    }
+    out = {"step_s": statistics.median(times), "times": times}
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
         out.update(peak_mb=peak, step_mb=peak - base_cuda, gpu=torch.cuda.get_device_name(device))
     else:
         peak = _rss_mb()
         out.update(peak_mb=peak, step_mb=peak - base_rss)
+    out["flops"] = step_flops(step)  # after the memory figures: the counter's extra step is not in them
+    out["tflops_per_s"] = out["flops"] / out["step_s"] / 1e12
     out["clips_per_s"] = args.batch / out["step_s"]
     return out
 
