@@ -193,13 +193,8 @@ def bench_command(
     """Clips per second of the training loader: decoding, training transforms and collation."""
     from msta.data import loader_throughput, read_video_list
 
-    items = read_video_list(list_file)
-    if not items:
-        from msta.video import DataError
-
-        raise DataError(f"the video list {list_file} is empty")
     res = loader_throughput(
-        items, root, workers=workers, clips=clips, input_size=size, num_frames=frames,
+        read_video_list(list_file), root, workers=workers, clips=clips, input_size=size, num_frames=frames,
         batch_size=batch_size, decoder=decoder,
     )  # fmt: skip
     if json_out:

@@ -361,9 +361,10 @@ class VideoDataset(Dataset):
         ]
         if clips == 1:
             return views[0]
+        # clip-major [clips * crops, T, 3, S, S] and [clips * crops, 3, 9]
         return (
-            torch.cat([v if crops > 1 else v.unsqueeze(0) for v, _ in views]),
-            torch.cat([c if crops > 1 else c.unsqueeze(0) for _, c in views]),
+            torch.cat([v.reshape(-1, *v.shape[-4:]) for v, _ in views]),
+            torch.cat([c.reshape(-1, *c.shape[-2:]) for _, c in views]),
         )
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
@@ -441,6 +442,8 @@ def loader_throughput(
 
     if clips <= 0 or workers < 0 or batch_size <= 0:
         raise DataError("clips and batch size must be positive, workers not negative")
+    if not items:
+        raise DataError("the video list is empty")
     reps = -(-clips // len(items))
     ds = VideoDataset((list(items) * reps)[:clips], root, num_frames, True, input_size, hflip=True,
                       decoder=decoder, seed=0, defer_colour=True)  # fmt: skip

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from descgen.fileio import write_text_atomic
 from msta.data import read_video_list
 from msta.video import (
     PREPARED_HEADER,
@@ -289,10 +290,7 @@ def _list_id(paths: list[str]) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def _complete_parts(out: Path) -> list[dict[str, Any]]:
@@ -345,10 +343,7 @@ def write_manifest(out: str | Path) -> bool:
     }
     lines = [f"{len(videos)} videos prepared, {len(failed)} unreadable (skipped)"]
     lines += [f"unreadable: {rel}: {err}" for rel, err in sorted(failed.items())]
-    report = out / REPORT_NAME
-    tmp = report.with_name(f"{report.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, report)
+    write_text_atomic(out / REPORT_NAME, "\n".join(lines) + "\n")
     _write_json(out / PREPARED_MANIFEST, manifest)
     return True
 

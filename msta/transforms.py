@@ -7,9 +7,9 @@ spatial crops, resizes the short side to ``S`` and takes left/centre/right crops
 All frames of a clip share the same random parameters; the output is normalised with CLIP's
 mean and standard deviation.
 
-Colour jitter and greyscale are linear in RGB, so a clip's whole colour augmentation is folded into
-one affine map (a 3x3 matrix and a per-frame offset, :func:`colour_affine`) applied in a single pass
-and clamped once; brightness, contrast and saturation equal torchvision's ``ColorJitter`` wherever its
+Colour jitter and greyscale are linear in RGB, so a clip's whole colour augmentation and the
+normalisation fold into one affine map (:func:`colour_map`: weights on the pixel and on its frame's
+mean colour, an offset), which :func:`finish` applies to whole batches and clamps once; brightness, contrast and saturation equal torchvision's ``ColorJitter`` wherever its
 intermediate clamps do not bite, and hue is a rotation about the grey axis (close to HSV's hue shift
 at a small fraction of its cost).
 """
@@ -173,9 +173,8 @@ def _hue_matrix(turns: float) -> np.ndarray:
     """Rotation of RGB space about the grey axis ``(1, 1, 1)`` by ``turns`` of a full turn (Rodrigues'
     formula): greys stay, red turns towards yellow for a positive angle, as an HSV hue shift does."""
     a = 2 * np.pi * turns
-    k = np.array([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / np.sqrt(
-        3
-    )  # cross product with the unit axis
+    # k @ v is the cross product of the unit grey axis with v
+    k = np.array([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / np.sqrt(3)
     return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)
 
 
@@ -240,9 +239,9 @@ def finish(video: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
     n = int(np.prod(lead)) if lead else 1
     cm = colour.reshape(n, 3, COLOUR_COLUMNS).to(torch.float32)
     x = video.reshape(n, t, ch, h * w).to(torch.float32)
-    offset = cm[:, None, :, 6]  # [n, 1, 3]
-    if bool(cm[:, :, 3:6].any()):
-        offset = offset + torch.einsum("ncj,ntj->ntc", cm[:, :, 3:6], x.mean(dim=3))
+    # [n, t, 3]: the offset, plus the weights on each frame's mean colour (contrast; zero otherwise,
+    # computed anyway: deciding would cost a device synchronisation per batch)
+    offset = cm[:, None, :, 6] + torch.einsum("ncj,ntj->ntc", cm[:, :, 3:6], x.mean(dim=3))
     y = torch.matmul(cm[:, None, :, 0:3], x).add_(offset.unsqueeze(-1))
     y = torch.maximum(y, cm[:, None, :, 7:8], out=y)
     y = torch.minimum(y, cm[:, None, :, 8:9], out=y)
