@@ -41,7 +41,6 @@ MANIFEST = "manifest.json"
 NAMES = ("last", "best", "previous")
 
 # The former name of descgen.fileio.write_text_atomic, kept for callers.
-atomic_write_text = write_text_atomic
 
 
 class CheckpointError(MstaError):

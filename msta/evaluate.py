@@ -20,6 +20,7 @@ from descgen.fileio import write_text_atomic
 from msta.classifier import ClassifierSpec, class_weights
 from msta.config import Config, ConfigError, load_config
 from msta.plots import plot_confusion, plot_training_curve
+from msta.report import harmonic_mean
 from msta.run import (
     TrainError,
     autocast,
@@ -139,10 +140,6 @@ def summarize(
         "skipped": skipped,
         "confusion": conf.tolist() if conf is not None else None,
     }
-
-
-def harmonic_mean(a: float, b: float) -> float:
-    return 2 * a * b / (a + b) if a + b > 0 else 0.0
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from descgen.fileio import write_text_atomic
 from msta.errors import MstaError
 
 PUBLISHED_FILE = Path(__file__).resolve().parent / "published.toml"
@@ -408,10 +409,9 @@ def plot(report: dict[str, Any], path: str | Path) -> Path | None:
 def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
     """``report.md``, ``report.json`` and ``report.png`` (when there is something to plot) in ``out``."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files = {"markdown": out / "report.md", "json": out / "report.json"}
-    files["markdown"].write_text(markdown(report), encoding="utf-8")
-    files["json"].write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_text_atomic(files["markdown"], markdown(report))  # a failure: OutputPathError, a user error
+    write_text_atomic(files["json"], json.dumps(report, indent=1))
     png = plot(report, out / "report.png")
     if png:
         files["png"] = png

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 
-SCHEDULES = ("timm", "warmup_cosine")
-
 
 def timm_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
     if warmup_steps > 0 and step < warmup_steps:
@@ -34,12 +32,11 @@ def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_rat
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def lr_factor(
-    step: int, warmup_steps: int, total_steps: int, min_ratio: float, kind: str = "warmup_cosine"
-) -> float:
+SCHEDULES = {"timm": timm_factor, "warmup_cosine": warmup_cosine_factor}  # the config's optim.schedule
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float, kind: str) -> float:
     """Multiplier of the base learning rate for optimizer step ``step`` (0-based)."""
-    if kind == "timm":
-        return timm_factor(step, warmup_steps, total_steps, min_ratio)
-    if kind == "warmup_cosine":
-        return warmup_cosine_factor(step, warmup_steps, total_steps, min_ratio)
-    raise ValueError(f"unknown schedule {kind!r} (known: {', '.join(SCHEDULES)})")
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r} (known: {', '.join(SCHEDULES)})")
+    return SCHEDULES[kind](step, warmup_steps, total_steps, min_ratio)

@@ -40,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from descgen.fileio import write_text_atomic
 from msta.errors import MstaError
 from msta.report import SWEEP_FILE
 
@@ -178,12 +179,8 @@ def run_state(run: PlannedRun) -> str:
 
 
 def _write_meta(run: PlannedRun, complete: bool) -> None:
-    d = Path(run.run_dir)
-    d.mkdir(parents=True, exist_ok=True)
     meta = {**asdict(run), "complete": complete, "time": time.time()}
-    tmp = d / (SWEEP_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    tmp.replace(d / SWEEP_FILE)
+    write_text_atomic(Path(run.run_dir) / SWEEP_FILE, json.dumps(meta, indent=1))
 
 
 def execute(run: PlannedRun, progress: bool = False) -> str:

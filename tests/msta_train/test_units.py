@@ -22,18 +22,18 @@ from msta.train import TrainState, lr_factor
 
 def test_lr_schedule_warmup_then_cosine_to_min_ratio():
     warm, total, ratio = 10, 110, 0.01
-    f = [lr_factor(s, warm, total, ratio) for s in range(total)]
+    f = [lr_factor(s, warm, total, ratio, "warmup_cosine") for s in range(total)]
     assert f[0] == pytest.approx(0.1)
     assert f[9] == pytest.approx(1.0)
     assert all(b > a for a, b in zip(f[:9], f[1:10], strict=True))  # linear ramp up
     assert f[10] == pytest.approx(1.0)
     assert all(b <= a + 1e-12 for a, b in zip(f[10:], f[11:], strict=False))  # then decreasing
     assert f[60] == pytest.approx(ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert lr_factor(total, warm, total, ratio) == pytest.approx(ratio)
+    assert lr_factor(total, warm, total, ratio, "warmup_cosine") == pytest.approx(ratio)
 
 
 def test_lr_schedule_without_warmup_starts_at_peak():
-    assert lr_factor(0, 0, 100, 0.01) == pytest.approx(1.0)
+    assert lr_factor(0, 0, 100, 0.01, "warmup_cosine") == pytest.approx(1.0)
 
 
 # --------------------------------------------------------------------------- data order
