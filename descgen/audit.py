@@ -545,17 +545,15 @@ def _usage_row(r: dict, batch: dict | None, table: PriceTable) -> dict[str, Any]
     ``cost_usd``: the estimated cost, online minus the saving. Costs are None when the model has no price.
     """
     batch = batch or {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
-    backend, model = r["backend"], r["model"]
-    online = table.online_cost(backend, model, r["prompt_tokens"], r["completion_tokens"])
-    batch_online = table.online_cost(backend, model, batch["prompt_tokens"], batch["completion_tokens"])
-    batch_cost = saving = cost = None
-    if online is not None and batch_online is not None:  # both or neither: the same price
-        batch_cost = batch_online * table.batch_discount
-        saving = batch_online - batch_cost
-        cost = online - saving
+    costs = table.costs(
+        r["backend"],
+        r["model"],
+        (r["prompt_tokens"], r["completion_tokens"]),
+        (batch["prompt_tokens"], batch["completion_tokens"]),
+    )
     return {
-        "backend": backend,
-        "model": model,
+        "backend": r["backend"],
+        "model": r["model"],
         "requests": r["requests"],
         "ok": r["ok"],
         "invalid": r["invalid"],
@@ -566,10 +564,7 @@ def _usage_row(r: dict, batch: dict | None, table: PriceTable) -> dict[str, Any]
         "batch_requests": batch["requests"],
         "batch_prompt_tokens": batch["prompt_tokens"],
         "batch_completion_tokens": batch["completion_tokens"],
-        "batch_cost_usd": batch_cost,
-        "batch_saving_usd": saving,
-        "online_cost_usd": online,
-        "cost_usd": cost,
+        **costs,
     }
 
 

@@ -40,6 +40,26 @@ class PriceTable:
             return None
         return (prompt_tokens * price["input"] + completion_tokens * price["output"]) / 1_000_000
 
+    def costs(
+        self, backend: str, model: str, tokens: tuple[int, int], batch_tokens: tuple[int, int] = (0, 0)
+    ) -> dict[str, float | None]:
+        """Costs of answers with ``tokens`` (prompt, completion) in all, of which ``batch_tokens`` came
+        through a batch: ``online_cost_usd`` (all at the online price), ``batch_cost_usd`` (the batch
+        share at ``batch_discount`` times that), ``batch_saving_usd`` and ``cost_usd`` (online minus
+        the saving). All None when the model has no price."""
+        online = self.online_cost(backend, model, *tokens)
+        batch_online = self.online_cost(backend, model, *batch_tokens)
+        if online is None or batch_online is None:  # both or neither: the same price
+            return dict.fromkeys(("online_cost_usd", "batch_cost_usd", "batch_saving_usd", "cost_usd"))
+        batch_cost = batch_online * self.batch_discount
+        saving = batch_online - batch_cost
+        return {
+            "online_cost_usd": online,
+            "batch_cost_usd": batch_cost,
+            "batch_saving_usd": saving,
+            "cost_usd": online - saving,
+        }
+
 
 def _source(path: str | Path | None) -> Path:
     return Path(path) if path else Path(__file__).resolve().parent / "pricing.toml"

@@ -191,28 +191,24 @@ def set_details(
 
 def set_usage(generations: Sequence[dict], backend: str, model: str, prices) -> dict[str, Any]:
     """Requests and tokens of a set's generations; the cost by the price table
-    (:class:`descgen.pricing.PriceTable`; answers that came through a batch at the batch price;
+    (:meth:`descgen.pricing.PriceTable.costs`: answers that came through a batch at the batch price;
     None: not priced)."""
+
+    def tokens(rows: Sequence[dict]) -> tuple[int, int]:
+        return (
+            sum(int(g.get("prompt_tokens") or 0) for g in rows),
+            sum(int(g.get("completion_tokens") or 0) for g in rows),
+        )
+
     batch = [g for g in generations if g.get("batch_id")]
-    online = [g for g in generations if not g.get("batch_id")]
-
-    def cost(rows: list[dict]) -> float | None:
-        prompt = sum(int(g.get("prompt_tokens") or 0) for g in rows)
-        completion = sum(int(g.get("completion_tokens") or 0) for g in rows)
-        return prices.online_cost(backend, model, prompt, completion)
-
-    online_cost, batch_cost = cost(online), cost(batch)
-    total = (
-        None
-        if online_cost is None or batch_cost is None
-        else online_cost + prices.batch_discount * batch_cost
-    )
+    total = tokens(generations)
+    cost = prices.costs(backend, model, total, tokens(batch))["cost_usd"]
     return {
         "requests": len(generations),
         "batch_requests": len(batch),
-        "prompt_tokens": sum(int(g.get("prompt_tokens") or 0) for g in generations),
-        "completion_tokens": sum(int(g.get("completion_tokens") or 0) for g in generations),
-        "cost_usd": None if total is None else round(total, 6),
+        "prompt_tokens": total[0],
+        "completion_tokens": total[1],
+        "cost_usd": None if cost is None else round(cost, 6),
     }
 
 
