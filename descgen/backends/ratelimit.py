@@ -152,6 +152,7 @@ class Pacer:
                 # requests could meet an empty budget. One latency spent once.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._answered.wait(), FIRST_ANSWER_WAIT_S)
+                self._answered.set()  # waited once: a slow server is not made to wait again
             while True:
                 now = time.monotonic()
                 delay = max(self._buckets[d].wait(c, now) for d, c in cost.items())
