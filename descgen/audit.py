@@ -34,7 +34,6 @@ from typing import Any
 
 from descgen.encode import set_kinds
 from descgen.pricing import PriceTable, load_price_table
-from descgen.pricing import load_pricing as load_pricing  # re-exported: the old import path
 from descgen.store import DescriptionSet, Store, text_hash
 
 DEFAULT_NEAR_DUP = 0.95
@@ -167,14 +166,16 @@ class _TokenCounter:
 
 def encoder_context(enc: dict | None) -> int:
     """The text context (tokens, start and end included) of the encoder a set is audited against:
-    the one its row records, else the context of its model (ViCLIP 32, open_clip 77 for most), else
-    the default tokenizer model's."""
+    the one its row records, else the context of its model (ViCLIP 32, open_clip 77 for most; a
+    row of an older cache may lack it), else open_clip's usual context (no model to load)."""
     if enc and enc.get("context_length"):
         return int(enc["context_length"])
+    if not enc or not enc.get("model_name"):
+        return DEFAULT_CONTEXT
     from descgen.encoders import context_length
 
     try:
-        return context_length((enc or {}).get("model_name") or DEFAULT_TOKENIZER_MODEL)
+        return context_length(enc["model_name"])
     except Exception:  # noqa: BLE001 - a model that cannot be resolved here: open_clip's usual context
         return DEFAULT_CONTEXT
 

@@ -32,7 +32,6 @@ from descgen.backends import Response, scrub_secrets
 from descgen.datasets import ClassList
 from descgen.errors import DescgenError
 from descgen.plan import Plan
-from descgen.pricing import load_batch_discount as load_batch_discount  # re-exported: the old import path
 from descgen.pricing import load_price_table
 from descgen.store import Store, StoreError
 
@@ -463,17 +462,19 @@ def collect(
 def collect_wait(
     store: Store,
     client: Any,
-    *collect_args: Any,
+    max_invalid: int = 2,
+    options: dict | None = None,
+    batch_ids: list[str] | None = None,
+    *,
     poll_s: float = 5.0,
     max_poll_s: float = 300.0,
     out: TextIO | None = None,
 ) -> CollectSummary:
-    """Collect (``collect_args``: :func:`collect`'s max_invalid, options, batch_ids), polling with
-    exponential backoff until no batch is pending."""
+    """Collect (as :func:`collect`), polling with exponential backoff until no batch is pending."""
     total = CollectSummary()
     delay = poll_s
     while True:
-        s = collect(store, client, *collect_args)
+        s = collect(store, client, max_invalid, options, batch_ids)
         _merge(total, s)
         total.pending = s.pending
         if not s.pending:
@@ -600,15 +601,19 @@ def estimate(p: Plan, pricing_path: str | Path | None = None) -> dict[str, Any]:
     per_answer = 2 * p.n * (_tokens(p.prompt.max_chars) + JSON_OVERHEAD_TOKENS) + 8
     completion_tokens = len(p.to_send) * min(int(p.params["max_tokens"]), per_answer)
     table = load_price_table(pricing_path)
-    cost = table.online_cost(p.backend, p.model, prompt_tokens, completion_tokens)
-    discount = table.batch_discount
+    tokens = (prompt_tokens, completion_tokens)
+    costs = table.costs(p.backend, p.model, tokens, batch_tokens=tokens)  # sent online or all as a batch
+
+    def usd(x: float | None) -> float | None:
+        return None if x is None else round(x, 6)
+
     return {
         "requests": len(p.to_send),
         "prompt_tokens": prompt_tokens,
         "completion_tokens_max": completion_tokens,
-        "cost_usd": None if cost is None else round(cost, 6),
-        "batch_cost_usd": None if cost is None else round(cost * discount, 6),
-        "batch_discount": discount,
+        "cost_usd": usd(costs["online_cost_usd"]),
+        "batch_cost_usd": usd(costs["batch_cost_usd"]),
+        "batch_discount": table.batch_discount,
     }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from descgen.fileio import write_text_atomic
 from descgen.serve import DEFAULT_START_TIMEOUT_S
 
 CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -60,7 +61,7 @@ def serve(
         )
         typer.echo(handle.base_url)
         if ready_file is not None:
-            ready_file.write_text(handle.base_url + "\n")
+            write_text_atomic(ready_file, handle.base_url + "\n")  # pollers never see it half-written
         watch(handle)
     except _Interrupted:
         pass

@@ -16,7 +16,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from descgen.backends import Backend, BackendError, Request, Response, create_backend, scrub_secrets
+from descgen.backends import (
+    Backend,
+    BackendError,
+    Request,
+    Response,
+    create_backend,
+    option_names,
+    scrub_secrets,
+)
 from descgen.plan import GenerateInputError, Plan, plan
 from descgen.store import Store, StoreError
 
@@ -163,6 +171,9 @@ def generate(
     ``vllm_options`` for vllm); each backend takes those that apply to it. ``out`` receives the
     plan of a dry run and the list of failed classes.
     """
+    unknown = sorted(set(options) - PLAN_ARGS - option_names())
+    if unknown:
+        raise TypeError(f"generate() got unknown options: {', '.join(unknown)}")
     t0 = time.perf_counter()
     p = plan(**{k: v for k, v in options.items() if k in PLAN_ARGS})
     if dry_run:

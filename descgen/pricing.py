@@ -88,13 +88,3 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
     except (OSError, ValueError, TypeError) as exc:  # TOMLDecodeError is a ValueError
         raise DescgenError(f"cannot read the price table: {exc}") from None
     return PriceTable(prices, _discount(data))
-
-
-def load_pricing(path: str | Path | None = None) -> dict[str, dict[str, float]]:
-    """Prices per 1M tokens, {"backend/model" or "model": {"input": x, "output": y}}."""
-    return load_price_table(path).prices
-
-
-def load_batch_discount(path: str | Path | None = None) -> float:
-    """The price factor of batch requests (``batch_discount`` in the price table; default 0.5)."""
-    return load_price_table(path).batch_discount

@@ -21,8 +21,6 @@ import socket
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from subprocess import DEVNULL, Popen
@@ -113,12 +111,6 @@ class ServerHandle:
     def base_url(self) -> str:
         """The OpenAI-compatible API root, e.g. ``http://127.0.0.1:8000/v1``."""
         return f"http://{HOST}:{self.port}/v1"
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -258,6 +250,8 @@ def cpu_default_args(extra_args: list[str]) -> list[str]:
 
 
 def _models_ready(base_url: str) -> bool:
+    import urllib.request  # here: loading it (with http, ssl, email) would cost every descgen command
+
     try:
         with urllib.request.urlopen(f"{base_url}/models", timeout=5) as resp:
             return resp.status == 200

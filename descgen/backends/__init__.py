@@ -24,6 +24,7 @@ __all__ = [
     "backend_class",
     "create_backend",
     "get_backend",
+    "option_names",
     "register_backend",
     "scrub_secrets",
 ]
@@ -77,6 +78,11 @@ def backend_class(name: str) -> BackendFactory:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
         raise BackendError(f"the {name} backend cannot be loaded: {exc}") from None
+
+
+def option_names() -> frozenset[str]:
+    """Every generation option some registered backend takes."""
+    return frozenset(name for backend in _REGISTRY for name in backend_class(backend).option_names)
 
 
 def resolve_model(name: str, model: str | None) -> str:
