@@ -77,7 +77,6 @@ def eval_command(
     base/novel/HM, mean ± std over splits."""
     from msta.classifier import ClassifierSpec
     from msta.evaluate import compact, evaluate_run, evaluate_zero_shot
-    from msta.run import check_device, run_config
 
     spec = ClassifierSpec(classifier, descriptions, set_id)
     if zero_shot == (run is not None):
@@ -87,7 +86,6 @@ def eval_command(
     if zero_shot:
         report = evaluate_zero_shot(config, overrides, split, classes, root, views, target, spec)
     else:
-        check_device(run_config(run, overrides).run.device)
         report = evaluate_run(
             run,
             splits=split,

@@ -42,7 +42,11 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def setup(device: str = "auto") -> DistEnv:
-    """Join the process group when launched by ``torchrun``; a plain single process otherwise."""
+    """Join the process group when launched by ``torchrun``; a plain single process otherwise.
+    A device this machine lacks is a :class:`msta.run.TrainError` naming the ones it has."""
+    from msta.run import check_device  # msta.run reaches this module lazily too
+
+    check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

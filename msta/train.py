@@ -47,7 +47,6 @@ from msta.run import (
     TrainError,
     autocast,
     build_seeded_model,
-    check_device,
     check_labels,
     class_names,
     expand,
@@ -885,7 +884,6 @@ def train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train (or resume) a run; returns a summary dict (rank 0's view, the same on every rank)."""
-    check_device(cfg.run.device)
     env = D.setup(cfg.run.device)
     try:
         return TrainRecipe(cfg, env, descriptions, resume, progress).run()
