@@ -330,9 +330,11 @@ def encode_missing(
     """
     import torch
 
-    encoder.register(store)
     ids = list(set_ids) if set_ids is not None else None
     todo = store.texts_missing_embeddings(encoder.fingerprint, ids)
+    if not todo and store.get_encoder(encoder.fingerprint) is not None:
+        return 0  # nothing to write: a read-only cache that has everything works
+    encoder.register(store)
     if not todo:
         return 0
     # Sort by token length so that each committed batch is cut as short as possible.

@@ -56,32 +56,62 @@ def ensemble_weights(prompt, spatial, temporal):
     return F.normalize(views.mean(dim=1), dim=-1)
 
 
-def description_embeddings(model, names: Sequence[str], cache: str, set_id: str | None = None):
-    """Spatial and temporal ``[C, N, D]`` embeddings of ``names`` from the model's frozen text encoder
-    (missing ones encoded and stored), and a dict naming the set and encoder."""
+def description_embeddings(model, names: Sequence[str], cache: str, choose, encode: bool = True, log=None):
+    """Spatial and temporal ``[C, N, D]`` embeddings of ``names`` from the model's own frozen text
+    encoder, from the set ``choose(store)`` picks in the cache, and a dict naming the set and
+    encoder. With ``encode``, embeddings the set lacks are encoded and stored first (a cache that
+    has them all is only read); ``log`` hears how many. Problems are :class:`TrainError`."""
     from descgen.encode import (
         DescgenDataError,
         MissingDescriptionsError,
         TextEncoder,
-        encode_missing,
         load_description_embeddings,
-        select_set,
     )
 
     store = open_store(cache)
     try:
-        set_ = select_set(store, set_id=set_id) if set_id else select_set(store, class_names=list(names))
+        set_ = choose(store)
         frozen = model.frozen_text_backbone()
         encoder = TextEncoder.from_model(frozen.model, model.tokenizer, frozen.model_name, frozen.pretrained)
-        encode_missing(store, encoder, set_ids=[set_.id], progress=False)
+        if encode:
+            _store_missing(store, encoder, set_.id, cache, log)
         spatial, temporal = load_description_embeddings(store, set_.id, list(names), encoder.fingerprint)
     except MissingDescriptionsError as exc:
         raise TrainError(f"{exc} (classes: {', '.join(exc.classes)})") from None
     except DescgenDataError as exc:
-        raise TrainError(str(exc).replace("with --set ID", "with --set-id ID")) from None
+        raise TrainError(str(exc)) from None
     finally:
         store.close()
-    return spatial, temporal, {"set": set_.id, "encoder": encoder.fingerprint, "cache": str(cache)}
+    return (
+        spatial,
+        temporal,
+        {"set": set_.id, "encoder": encoder.fingerprint, "cache": str(cache), "n": set_.n},
+    )
+
+
+def _store_missing(store, encoder, set_id: str, cache: str, log) -> None:
+    from descgen.encode import encode_missing
+    from descgen.store import StoreError
+
+    try:
+        n = encode_missing(store, encoder, set_ids=[set_id], progress=False)
+    except StoreError as exc:
+        raise TrainError(
+            f"description embeddings for {encoder.fingerprint} are missing from {cache} and cannot be "
+            f"stored: {exc}"
+        ) from None
+    if n and log is not None:
+        log(f"encoded {n} descriptions with {encoder.fingerprint} and stored them in {cache}")
+
+
+def choose_set(store, names: Sequence[str], set_id: str | None):
+    """The set ``set_id`` names (a prefix is enough), else the one set that covers ``names``."""
+    from descgen.encode import DescgenDataError, select_set
+
+    try:
+        return select_set(store, set_id=set_id) if set_id else select_set(store, class_names=list(names))
+    except DescgenDataError as exc:
+        raise TrainError(str(exc).replace("with --set ID", "with --set-id ID")) from None
 
 
 def open_store(path: str, writable: bool = True):
@@ -108,7 +138,9 @@ def class_weights(model, names: Sequence[str], spec: ClassifierSpec | None = Non
         if spec.kind == "names":
             return prompt, {"kind": "names"}
         assert spec.descriptions is not None
-        spatial, temporal, info = description_embeddings(model, names, spec.descriptions, spec.set_id)
+        spatial, temporal, info = description_embeddings(
+            model, names, spec.descriptions, lambda store: choose_set(store, names, spec.set_id)
+        )
         dev = prompt.device
         weights = ensemble_weights(prompt, spatial.to(dev), temporal.to(dev))
     return weights, {"kind": "descriptions", **info}

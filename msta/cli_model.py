@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from msta.config import Config, load_config
+if TYPE_CHECKING:  # the config models (pydantic) load only when a command runs
+    from msta.config import Config
 
 
 def count_parameters(cfg: Config) -> dict[str, Any]:
@@ -37,6 +38,8 @@ def params_command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object (trainable, total, share)."),
 ) -> None:
     """Print the trainable and total parameter counts of the model a configuration builds."""
+    from msta.config import load_config
+
     result = count_parameters(load_config(config, overrides))
     if as_json:
         print(json.dumps(result))

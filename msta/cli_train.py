@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from msta.run import TrainError
+from msta.errors import TrainError
 
 _CONFIG_HELP = "YAML config file or preset name (repeatable, merged in order)."
 _SET_HELP = "Override a key: --set optim.lr=1e-3 (repeatable)."

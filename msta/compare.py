@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from descgen.fileio import OutputPathError, write_text_atomic
-from msta.classifier import ClassifierSpec, class_weights, open_store
+from msta.classifier import ClassifierSpec, choose_set, class_weights, open_store
 from msta.config import load_config
 from msta.run import (
     TrainError,
@@ -49,6 +49,7 @@ def compare(
     """The comparison of ``set_ids`` (id prefixes) on ``val_list`` (videos under ``root``)."""
     if not set_ids:
         raise TrainError("name at least one description set to compare")
+    set_ids = resolve_sets(cache, set_ids)  # before any video is read
     cfg = load_config(configs, [*overrides, "adapter.branches=none"])
     names = class_names(classes or cfg.data.classes, cfg)
     items = read_list(val_list, cfg, "video list")
@@ -61,9 +62,7 @@ def compare(
         spec = ClassifierSpec("descriptions", cache, sid)
         res = _score(model, feats, labels, names, spec)
         results[res["classifier"]["set"]] = res
-    sets = [k for k in results if k != BASELINE]
-    if len(sets) != len(set_ids):
-        raise TrainError("the same description set is named twice")
+    sets = list(set_ids)
     details = set_details(cache, sets, names, results[sets[0]]["classifier"]["encoder"], pricing)
     rows = per_class_table(names, results, sets)
     return {
@@ -78,6 +77,18 @@ def compare(
         "sets": [{**_summary(results[s]), **details[s], **wins_losses(rows, s)} for s in sets],
         "per_class": rows,
     }
+
+
+def resolve_sets(cache: str, set_ids: Sequence[str]) -> list[str]:
+    """The full ids of the named sets (a prefix is enough); each must be a different set."""
+    store = open_store(cache, writable=False)
+    try:
+        ids = [choose_set(store, (), sid).id for sid in set_ids]
+    finally:
+        store.close()
+    if len(set(ids)) != len(ids):
+        raise TrainError("the same description set is named twice")
+    return ids
 
 
 def video_features(model, cfg, items, root: str, views: tuple[int, int], device):

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from msta.errors import TrainError
+
 
 @dataclass
 class DistEnv:
@@ -32,6 +34,35 @@ class DistEnv:
         return self.world_size > 1
 
 
+def available_devices() -> list[str]:
+    """The device names this machine can run on (``cpu`` always)."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def check_device(name: str) -> None:
+    """:class:`TrainError` naming the available devices when ``name`` (``auto``, ``cpu``, ``cuda``,
+    ``cuda:1``, ``mps``) is unknown or not usable on this machine."""
+    if name == "auto":
+        return
+    avail = available_devices()
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise TrainError(f"unknown device {name!r}; available: {', '.join(avail)}") from None
+    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available():
+        ok = dev.index < torch.cuda.device_count()
+    else:
+        ok = dev.type in avail
+    if not ok:
+        raise TrainError(f"{name} is not available here; available: {', '.join(avail)}")
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto``: the local CUDA device when there is one, else the CPU."""
     if name == "auto":
@@ -44,8 +75,6 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 def setup(device: str = "auto") -> DistEnv:
     """Join the process group when launched by ``torchrun``; a plain single process otherwise.
     A device this machine lacks is a :class:`msta.run.TrainError` naming the ones it has."""
-    from msta.run import check_device  # msta.run reaches this module lazily too
-
     check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

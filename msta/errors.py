@@ -12,3 +12,7 @@ from descgen.errors import UserError
 
 class MstaError(UserError):
     """An error the user can fix: a bad config, a missing file, an unusable checkpoint."""
+
+
+class TrainError(MstaError):
+    """A training, evaluation or prediction problem the user can fix; the message is shown as is."""

@@ -21,17 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from msta.config import Config, load_config
-from msta.errors import MstaError
+from msta.errors import TrainError
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CLASSES_FILE = "classes.json"
 SUMMARY_FILE = "train_summary.json"
 LOCK_FILE = "train.lock"
-
-
-class TrainError(MstaError):
-    """A training, evaluation or prediction problem the user can fix; the message is shown as is."""
 
 
 # --------------------------------------------------------------------------- paths
@@ -212,40 +208,8 @@ def load_run_model(run_dir: str | Path, cfg: Config, which: str, device):
 # --------------------------------------------------------------------------- devices and the model
 
 
-def available_devices() -> list[str]:
-    """The device names this machine can run on (``cpu`` always)."""
-    import torch
-
-    names = ["cpu"]
-    if torch.cuda.is_available():
-        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        names.append("mps")
-    return names
-
-
-def check_device(name: str) -> None:
-    """:class:`TrainError` naming the available devices when ``name`` (``auto``, ``cpu``, ``cuda``,
-    ``cuda:1``, ``mps``) is unknown or not usable on this machine."""
-    import torch
-
-    if name == "auto":
-        return
-    avail = available_devices()
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise TrainError(f"unknown device {name!r}; available: {', '.join(avail)}") from None
-    if dev.type == "cuda" and dev.index is not None and torch.cuda.is_available():
-        ok = dev.index < torch.cuda.device_count()
-    else:
-        ok = dev.type in avail
-    if not ok:
-        raise TrainError(f"{name} is not available here; available: {', '.join(avail)}")
-
-
 def pick_device(name: str):
+    from msta.distributed import check_device
     from msta.distributed import pick_device as _pick
 
     check_device(name)

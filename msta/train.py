@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from descgen.fileio import write_text_atomic
 from msta import checkpoint as ckpt
 from msta import distributed as D
+from msta.classifier import description_embeddings
 from msta.config import Config, load_config, save_config
 from msta.evaluate import evaluate_split
 from msta.loss import msta_loss
@@ -74,54 +75,14 @@ def prepare_descriptions(
 
     Raises :class:`TrainError` (exit 2) naming the classes without descriptions.
     """
-    from descgen.encode import (
-        DescgenDataError,
-        MissingDescriptionsError,
-        TextEncoder,
-        encode_missing,
-        load_description_embeddings,
-    )
-
     path = _description_cache(cfg, cache)
-    store = _open_store(path)
-    try:
+
+    def choose(store):
         set_ = _select_description_set(store, cfg, names)
         _check_coverage(store, set_, names, path)
-        frozen = model.frozen_text_backbone()
-        encoder = TextEncoder.from_model(frozen.model, model.tokenizer, frozen.model_name, frozen.pretrained)
-        if is_main and encode:
-            _encode_missing(store, encoder, set_.id, path, encode_missing, log)
-        spatial, temporal = load_description_embeddings(store, set_.id, list(names), encoder.fingerprint)
-    except MissingDescriptionsError as exc:
-        raise TrainError(f"{exc} (classes: {', '.join(exc.classes)})") from None
-    except DescgenDataError as exc:
-        raise TrainError(str(exc)) from None
-    finally:
-        store.close()
-    info = {"set": set_.id, "encoder": encoder.fingerprint, "cache": str(path), "n": set_.n}
-    return spatial, temporal, info
+        return set_
 
-
-def _encode_missing(store, encoder, set_id: str, path: str, encode_missing, log) -> None:
-    """Encode and store the set's missing embeddings; a cache that has them all is only read
-    (so a read-only cache works), one that lacks some and cannot be written is a TrainError."""
-    from descgen.store import StoreError
-
-    if store.get_encoder(encoder.fingerprint) is not None:
-        todo = store.texts_missing_embeddings(encoder.fingerprint, [set_id])
-        if not todo:
-            return
-    else:
-        todo = None
-    try:
-        n = encode_missing(store, encoder, set_ids=[set_id], progress=False)
-    except StoreError as exc:
-        what = f"{len(todo)} description embeddings" if todo else "embeddings"
-        raise TrainError(
-            f"{what} for {encoder.fingerprint} are missing from {path} and cannot be stored: {exc}"
-        ) from None
-    if n:
-        log(f"encoded {n} descriptions with {encoder.fingerprint} and stored them in {path}")
+    return description_embeddings(model, names, path, choose, encode=is_main and encode, log=log)
 
 
 def _description_cache(cfg: Config, cache: str | None) -> str:
@@ -137,15 +98,6 @@ def _description_cache(cfg: Config, cache: str | None) -> str:
     if not Path(path).is_file():
         raise TrainError(f"description cache not found: {path}")
     return path
-
-
-def _open_store(path: str):
-    from descgen.store import Store, StoreError
-
-    try:
-        return Store(path, create=False)
-    except StoreError as exc:
-        raise TrainError(str(exc)) from None
 
 
 def _select_description_set(store, cfg: Config, names: Sequence[str]):
