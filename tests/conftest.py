@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,24 +34,17 @@ def tiny_clip_config() -> Path:
     return TINY_CLIP
 
 
-@dataclass
-class MstaResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture(scope="session")
-def msta_cli() -> Callable[[Sequence[str]], MstaResult]:
+def msta_cli() -> Callable[[Sequence[str]], CliResult]:
     """Run ``msta ARGS`` in this process (the registered app, its error handling included); an
     exception that escapes the command fails the test with its traceback."""
     from typer.testing import CliRunner
 
     from msta.cli import app
 
-    def run(args: Sequence[str]) -> MstaResult:
+    def run(args: Sequence[str]) -> CliResult:
         res = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-        return MstaResult(res.exit_code, res.stdout, res.stderr)
+        return CliResult(res.exit_code, res.stdout, res.stderr)
 
     return run
 

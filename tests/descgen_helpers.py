@@ -1,5 +1,6 @@
 """Shared helpers of the descgen tests: the command line in this process and in a subprocess, a
-loopback server with its key in the environment, and caches filled the way the generator fills them.
+loopback server with its key in the environment, caches filled the way the generator fills them,
+and files made immutable (read-only caches).
 
 The fixtures built on them (``descgen_cli``, ``descgen_process``, ``fake_openai``) are in
 tests/conftest.py.
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -151,3 +153,15 @@ def write_classes(path: Path, names: list[str]) -> Path:
     lines = ["id,name"] + [f'{i},"{n}"' if "," in n else f"{i},{n}" for i, n in enumerate(names)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``chattr +i``: nobody, not even root, can write the file (undone on exit)."""
+    res = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {res.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)

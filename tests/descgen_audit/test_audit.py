@@ -14,7 +14,6 @@ from descgen.store import Store
 from descgen.transfer import import_files
 from tests.descgen_helpers import make_generated_set, sentences, write_classes
 
-REPO = Path(__file__).resolve().parents[2]
 FILE = re.compile(
     r"^(?P<ds>[a-z0-9]+?)(?:_(?P<split>base|novel))?_(?P<kind>spatial|temporal)_(?P<n>\d+)\.json$"
 )
@@ -299,7 +298,7 @@ def test_audit_with_custom_class_list(tmp_path, shared_data, descgen_cli):
 
 
 @pytest.fixture(scope="module")
-def ssv2_temporal(tmp_path_factory, shared_data):
+def ssv2_temporal(tmp_path_factory, shared_data, tiny_encoder):
     """The published SSv2 temporal sentences (N=2) in a cache, encoded by a tiny ViCLIP (context 32)
     and a tiny open_clip model (context 77), both with random weights."""
     import warnings
@@ -313,13 +312,7 @@ def ssv2_temporal(tmp_path_factory, shared_data):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        encoders = {
-            name: load_text_encoder(model, "none")
-            for name, model in (
-                ("viclip", "viclip-tiny"),
-                ("open_clip", str(REPO / "descgen/models/clip-tiny.json")),
-            )
-        }
+        encoders = {"viclip": load_text_encoder("viclip-tiny", "none"), "open_clip": tiny_encoder}
     for enc in encoders.values():
         encode_missing(st, enc, progress=False)
     yield st, res.set, encoders
@@ -356,7 +349,7 @@ def test_too_long_follows_the_encoder_context(ssv2_temporal, use_tokenizer):
     assert clip.checks["too_long"].startswith("on") and viclip.checks["too_long"].startswith("on")
 
 
-def test_too_long_without_an_encoder_row_uses_the_model_context(store):
+def test_too_long_without_an_encoder_row_uses_the_model_context():
     from descgen.audit import encoder_context
 
     assert encoder_context(None) == 77

@@ -11,7 +11,7 @@ from descgen.batch import estimate, estimate_lines
 from descgen.plan import plan
 from descgen.store import Store
 from tests.descgen_batch.fake_batch import FakeBatchAPI
-from tests.descgen_helpers import run_cli
+from tests.descgen_helpers import run_cli, write_classes
 
 DISCOUNT = 0.4  # not the packaged 0.5, so the test sees that the table's value is used
 PRICES = {"fake-model": (150.0, 600.0), "other-model": (20.0, 80.0)}  # US dollars per 1M tokens
@@ -27,9 +27,7 @@ def _price_table(tmp_path: Path, discount: object = DISCOUNT) -> Path:
 
 
 def _classes(tmp_path: Path, count: int) -> Path:
-    path = tmp_path / "toy.csv"
-    path.write_text("id,name\n" + "".join(f"{i},action number {i}\n" for i in range(count)))
-    return path
+    return write_classes(tmp_path / "toy.csv", [f"action number {i}" for i in range(count)])
 
 
 def _generate(fake: FakeBatchAPI, tmp_path: Path, model: str, *extra: str):

@@ -1,12 +1,9 @@
-"""Real cache files for the store tests, and a way to make a file immutable (even for root)."""
+"""Real cache files for the store tests."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,15 +54,3 @@ def foreign_db(path: Path) -> bytes:
     conn.commit()
     conn.close()
     return path.read_bytes()
-
-
-@contextmanager
-def immutable(path: Path) -> Iterator[None]:
-    """``chattr +i``: nobody, not even root, can write the file (undone on exit)."""
-    res = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"chattr +i is not supported here: {res.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)

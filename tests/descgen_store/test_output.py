@@ -8,9 +8,7 @@ import pytest
 
 from descgen.errors import DescgenError
 from descgen.fileio import OutputPathError, write_text_atomic
-from tests.descgen_helpers import run_cli
-
-from .conftest import immutable
+from tests.descgen_helpers import immutable, run_cli
 
 
 def _export(cache: Path, out: Path, *extra: str):

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from descgen.store import Store, StoreError
-from tests.descgen_helpers import run_cli
+from tests.descgen_helpers import immutable, run_cli
 
-from .conftest import CLASSES, foreign_db, immutable, run_import, side_files
+from .conftest import CLASSES, foreign_db, run_import, side_files
 
 READ_COMMANDS = [
     ["audit", "--dataset", "mini"],

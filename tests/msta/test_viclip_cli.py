@@ -21,14 +21,6 @@ CLASSES = ["jumping", "waving a hand", "pouring water", "juggling balls"]
 FRAME_H, FRAME_W, SIZE = 37, 48, 32
 
 
-def msta(*args: str):
-    from typer.testing import CliRunner
-
-    from msta.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """Random ViCLIP-tiny weights saved in the released layout (``{"model": state_dict}``)."""
@@ -60,27 +52,29 @@ def reference_probabilities(sd: dict, frames: np.ndarray, names: list[str], stat
     return (scale * v @ t.T).softmax(-1)[0]
 
 
-def test_zero_shot_predict_on_frames_matches_the_reference(weights, tmp_path):
+def test_zero_shot_predict_on_frames_matches_the_reference(weights, tmp_path, msta_cli):
     sd, path = weights
     rng = np.random.default_rng(7)
     # dark frames: the random towers give spread-out probabilities that depend on the statistics
     frames = rng.integers(0, 52, size=(8, FRAME_H, FRAME_W, 3), dtype=np.uint8)
     folder = tmp_path / "clip_0001"
     write_frames(folder, frames)
-    res = msta(
-        "predict",
-        folder,
-        "--classes",
-        ",".join(CLASSES),
-        "--set",
-        "model.backbone=viclip-tiny",
-        "--set",
-        f"model.pretrained={path}",
-        "--topk",
-        len(CLASSES),
-        "--json",
+    res = msta_cli(
+        [
+            "predict",
+            folder,
+            "--classes",
+            ",".join(CLASSES),
+            "--set",
+            "model.backbone=viclip-tiny",
+            "--set",
+            f"model.pretrained={path}",
+            "--topk",
+            len(CLASSES),
+            "--json",
+        ]
     )
-    assert res.exit_code == 0, res.output
+    assert res.returncode == 0, res.output
     out = json.loads(res.stdout)
     assert out["mode"] == "zero-shot"
     got = {p["class"]: p["probability"] for p in out["predictions"]}

@@ -3,31 +3,24 @@ cache with two description sets written through the store's API."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from tests.descgen_helpers import make_generated_set
 from tests.msta_train import class_list, make_synth
 
-PROMPT_FP = "0" * 63 + "2"
 
-
-def add_set(store, classes: Sequence[str], model: str, words: str, tokens: tuple[int, int], n: int = 2):
-    """One set (backend ``openai``, ``model``) with ``n`` sentences of each kind per class; every
-    generation reports ``tokens`` (prompt, completion)."""
-    set_ = store.ensure_set("synth", PROMPT_FP, "openai", model, {"temperature": 0}, n)
-    for c in classes:
-        spatial = [f"{words} {c.lower()}, view {k}." for k in range(n)]
-        temporal = [
-            f"First the shape starts {c.lower()}, then it keeps {words} (step {k})." for k in range(n)
-        ]
-        store.record_success(
-            set_, c, spatial, temporal, raw_response=json.dumps({"c": c}),
-            prompt_tokens=tokens[0], completion_tokens=tokens[1],
-        )  # fmt: skip
-    return set_.id
+def descriptions(classes: Sequence[str], words: str, n: int = 2) -> dict[str, tuple[list[str], list[str]]]:
+    """``n`` spatial and ``n`` temporal sentences per class, built around ``words``."""
+    return {
+        c: (
+            [f"{words} {c.lower()}, view {k}." for k in range(n)],
+            [f"First the shape starts {c.lower()}, then it keeps {words} (step {k})." for k in range(n)],
+        )
+        for c in classes
+    }
 
 
 @pytest.fixture(scope="session")
@@ -43,10 +36,16 @@ def two_sets(synth, tmp_path) -> tuple[Path, str, str]:
     names = class_list(synth)
     cache = tmp_path / "cache.db"
     with Store(cache) as store:
-        store.ensure_prompt(PROMPT_FP, "compare-prompt", "1", "Describe {cls}.")
-        a = add_set(store, names, "gpt-4o-mini", "a coloured square moving", (100, 50))
-        b = add_set(store, names, "gpt-4o", "a small shape drifting across a plain background", (200, 80))
-    return cache, a, b
+        # Every generation reports the same (prompt, completion) tokens: the costs the tests price.
+        a = make_generated_set(
+            store, "synth", descriptions(names, "a coloured square moving"),
+            model="gpt-4o-mini", prompt_text="Describe {cls}.", tokens=(100, 50),
+        )  # fmt: skip
+        b = make_generated_set(
+            store, "synth", descriptions(names, "a small shape drifting across a plain background"),
+            model="gpt-4o", prompt_text="Describe {cls}.", tokens=(200, 80),
+        )  # fmt: skip
+    return cache, a.id, b.id
 
 
 def synth_overrides(synth: Path) -> list[str]:

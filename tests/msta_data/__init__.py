@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +47,3 @@ def read_counter(frame: np.ndarray) -> int:
         if frame[r * 8 : r * 8 + 8, c * 8 : c * 8 + 8].mean() > 128:
             value |= 1 << b
     return value
-
-
-@dataclass
-class CliResult:
-    """Exit code and output of one ``msta`` command line run."""
-
-    returncode: int
-    stdout: str
-    stderr: str

@@ -1,4 +1,4 @@
-"""The ``msta data`` commands: in process through ``msta.cli.main``, and once per command as a real
+"""The ``msta data`` commands: in process through the ``msta_cli`` fixture, and once per command as a real
 subprocess (the error path of the installed entry point ends without a traceback)."""
 
 from __future__ import annotations
@@ -7,27 +7,21 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from msta.data import read_video_list
 
-from . import CliResult
 
-Run = Callable[..., CliResult]
-
-
-def test_synth_and_check(run_msta: Run, tmp_path: Path) -> None:
-    r = run_msta(
-        "data", "synth", "--out", "ds", "--videos-per-class", "2", "--val-per-class", "1", cwd=tmp_path
-    )
+def test_synth_and_check(msta_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = msta_cli(["data", "synth", "--out", "ds", "--videos-per-class", "2", "--val-per-class", "1"])
     assert r.returncode == 0, r.stderr
     assert "Wrote 8 training and 4 validation videos of 4 classes" in r.stdout
     ds = tmp_path / "ds"
     check = ("data", "check", "--list", "ds/train.txt", "--root", "ds", "--classes", "ds/classes.csv")
-    r = run_msta(*check, cwd=tmp_path)
+    r = msta_cli(check)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1].startswith("OK: 8 videos, 4 classes of 4, 0 missing")
 
@@ -38,14 +32,14 @@ def test_synth_and_check(run_msta: Run, tmp_path: Path) -> None:
         f.write("videos/train/gone.mp4 0\n")
         f.write(f"{items[0][0]} 9\n")
         f.write("no-label-here\n")
-    r = run_msta(*check, cwd=tmp_path)
+    r = msta_cli(check)
     assert r.returncode == 1
     assert "missing: line 9: videos/train/gone.mp4" in r.stderr
     assert f"unreadable: line 2: {items[1][0]}" in r.stderr
     assert f"label out of range: line 10: {items[0][0]}: label 9" in r.stderr
     assert "malformed line: line 11" in r.stderr
     assert "Traceback" not in r.stderr
-    r = run_msta(*check, "--json", cwd=tmp_path)
+    r = msta_cli([*check, "--json"])
     assert r.returncode == 1
     report = json.loads(r.stdout)
     assert report["ok"] is False and report["problems"] == 4
@@ -65,22 +59,24 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize("args", BAD_INPUT)
-def test_bad_input_exits_2(run_msta: Run, tmp_path: Path, args: list[str]) -> None:
+def test_bad_input_exits_2(
+    msta_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "list.txt").write_text("a.mp4 0\n")
-    r = run_msta(*args, cwd=tmp_path)
+    r = msta_cli(args)
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
     assert not (tmp_path / "d").exists()
 
 
-def test_synth_into_a_file_exits_2(run_msta: Run, tmp_path: Path) -> None:
+def test_synth_into_a_file_exits_2(msta_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "taken").write_text("x")
-    r = run_msta(
-        "data", "synth", "--out", "taken", "--videos-per-class", "1", "--val-per-class", "0", cwd=tmp_path
-    )
+    r = msta_cli(["data", "synth", "--out", "taken", "--videos-per-class", "1", "--val-per-class", "0"])
     assert r.returncode == 2
     assert r.stderr.strip() == f"error: {Path('taken')} exists and is not a directory"
-    r = run_msta("data", "synth", "--out", "taken/ds", cwd=tmp_path)  # its parent cannot be created
+    r = msta_cli(["data", "synth", "--out", "taken/ds"])  # its parent cannot be created
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error:") and "taken" in r.stderr
 

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,10 +16,9 @@ import pytest
 from msta.data import VideoDataset
 from msta.prepare import prepare_list, prepare_one
 from msta.video import VideoReadError, is_prepared, open_reader, prepared_path
+from tests.msta_train import REPO, msta_cmd, run_msta_process, subprocess_env
 
 from . import counter_frames, read_counter, write_frames_video
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def smooth_frames(n: int, h: int, w: int, seed: int) -> np.ndarray:
@@ -101,13 +99,12 @@ def test_training_clips_from_prepared_data(videos, tmp_path):
     assert tuple(sample["video"].shape) == (4, 3, 64, 64) and sample["label"] == 1
 
 
-def test_corrupt_video_is_listed_and_replaced(videos, tmp_path, run_msta):
+def test_corrupt_video_is_listed_and_replaced(videos, tmp_path, msta_cli):
     root, _ = videos
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00 ftypisom" + os.urandom(2000))
     list_file = _write_list(root, ["a/small.mp4 0", "broken.mp4 1", "missing.mp4 1", "big.mp4 1"])
     out = tmp_path / "prep"
-    res = run_msta("data", "prepare", "--list", str(list_file), "--root", str(root), "--out", str(out),
-                   "--workers", "2", cwd=tmp_path)  # fmt: skip
+    res = msta_cli(["data", "prepare", "--list", list_file, "--root", root, "--out", out, "--workers", "2"])
     assert res.returncode == 0, res.stderr
     assert "2 videos prepared" in res.stdout and "2 unreadable" in res.stdout
     manifest = json.loads((out / "prepared.json").read_text())
@@ -118,7 +115,7 @@ def test_corrupt_video_is_listed_and_replaced(videos, tmp_path, run_msta):
     assert ds[0]["skipped"] >= 1 and ds[0]["source"] != 0
     with pytest.raises(VideoReadError):
         open_reader(prepared_path(out, "broken.mp4"))
-    check = run_msta("data", "check", "--list", str(list_file), "--root", str(out), "--json", cwd=tmp_path)
+    check = msta_cli(["data", "check", "--list", list_file, "--root", out, "--json"])
     assert check.returncode == 1
     found = json.loads(check.stdout)
     assert [p["path"] for p in found["unreadable"]] == ["broken.mp4", "missing.mp4"] and not found["missing"]
@@ -140,19 +137,18 @@ def test_shards_write_the_manifest_when_all_parts_exist(videos, tmp_path):
     assert again.skipped == 5 and again.prepared == 0 and again.manifest_written
 
 
-def test_bad_chroma_is_a_user_error(videos, tmp_path, run_msta):
+def test_bad_chroma_is_a_user_error(videos, tmp_path, msta_cli):
     root, list_file = videos
     out = tmp_path / "prep"
-    res = run_msta("data", "prepare", "--list", str(list_file), "--root", str(root), "--out", str(out),
-                   "--chroma", "422", cwd=tmp_path)  # fmt: skip
+    res = msta_cli(["data", "prepare", "--list", list_file, "--root", root, "--out", out, "--chroma", "422"])
     assert res.returncode == 2 and res.stderr.startswith("error: chroma must be one of 444, 420")
     assert not out.exists()
 
 
-def test_bad_shard_is_a_user_error(videos, tmp_path, run_msta):
+def test_bad_shard_is_a_user_error(videos, tmp_path, msta_cli):
     root, list_file = videos
-    res = run_msta("data", "prepare", "--list", str(list_file), "--root", str(root), "--out",
-                   str(tmp_path / "p"), "--shard", "2/2", cwd=tmp_path)  # fmt: skip
+    res = msta_cli(["data", "prepare", "--list", list_file, "--root", root, "--out", tmp_path / "p",
+                    "--shard", "2/2"])  # fmt: skip
     assert res.returncode == 2 and res.stderr.startswith("error: --shard 2/2")
 
 
@@ -164,11 +160,13 @@ def test_killed_prepare_leaves_nothing_valid_half_written_and_a_rerun_finishes(t
         write_frames_video(root / f"v{k:02d}.mp4", smooth_frames(60, 144, 192, k), gop=30)
     list_file = _write_list(root, [f"v{k:02d}.mp4 {k % 2}" for k in range(n)])
     out = tmp_path / "prep"
-    args = [sys.executable, "-m", "msta.cli", "data", "prepare", "--list", str(list_file),
-            "--root", str(root), "--out", str(out), "--workers", "2"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(args, cwd=str(REPO), env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    args = ["data", "prepare", "--list", str(list_file), "--root", str(root), "--out", str(out),
+            "--workers", "2"]  # fmt: skip
+    # A session of its own: the run and its worker processes are killed together.
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen(
+        [*msta_cmd(), *args], cwd=str(REPO), env=subprocess_env(), start_new_session=True, **quiet
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if len(list((out / "videos").glob("*.jpgs"))) >= 2:
@@ -183,19 +181,19 @@ def test_killed_prepare_leaves_nothing_valid_half_written_and_a_rerun_finishes(t
     for p in done:  # every file under a final name is complete
         with open_reader(p) as r:
             assert r.num_frames == 60 and r.get([59]).shape == (1, 144, 192, 3)
-    res = subprocess.run(args, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=300)
+    res = run_msta_process(args, timeout=300)
     assert res.returncode == 0, res.stderr
     assert f"{n - len(done)} videos prepared, {len(done)} already there, 0 unreadable" in res.stdout
     assert is_prepared(out) and not list(out.glob("videos/*.tmp-*"))
     assert json.loads((out / "prepared.json").read_text())["num_videos"] == n
 
 
-def test_bench_json(videos, tmp_path, run_msta):
+def test_bench_json(videos, tmp_path, msta_cli):
     root, list_file = videos
     prepare_list(list_file, root, tmp_path / "prep")
     for where, prepared in ((tmp_path / "prep", True), (root, False)):
-        res = run_msta("data", "bench", "--list", str(list_file), "--root", str(where), "--clips", "3",
-                       "--workers", "0", "--size", "32", "--frames", "2", "--json", cwd=tmp_path)  # fmt: skip
+        res = msta_cli(["data", "bench", "--list", list_file, "--root", where, "--clips", "3",
+                        "--workers", "0", "--size", "32", "--frames", "2", "--json"])  # fmt: skip
         assert res.returncode == 0, res.stderr
         out = json.loads(res.stdout)
         assert out["clips_per_s"] > 0 and out["clips"] == 3 and out["prepared"] is prepared

@@ -10,21 +10,18 @@ from pathlib import Path
 import pytest
 
 from msta.prepare import prepare_list
-from tests.msta_train import REPO, make_synth, msta_cmd, run_msta_process, subprocess_env
+from tests.msta_train import make_synth, run_msta_process, start_msta_process, synth_args
 
 pytestmark = pytest.mark.slow
 
 
 def _train(data: Path, root: Path, out: Path) -> subprocess.Popen:
-    args = [
-        "train", "--config", "synth", "--no-progress",
-        "--set", f"data.root={root}", "--set", f"data.classes={data / 'classes.csv'}",
+    extra = [
+        "--set", f"data.classes={data / 'classes.csv'}",
         "--set", f"data.train_list={data / 'train.txt'}", "--set", f"data.val_list={data / 'val.txt'}",
-        "--set", f"run.out={out}", "--set", "loss.consistency_weight=0", "--set", "eval.every=0",
-        "--set", "optim.epochs=6",
+        "--set", "loss.consistency_weight=0", "--set", "eval.every=0", "--set", "optim.epochs=6",
     ]  # fmt: skip
-    return subprocess.Popen([*msta_cmd(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=subprocess_env(), cwd=str(REPO))  # fmt: skip
+    return start_msta_process(synth_args(root, out, *extra))
 
 
 def test_training_on_prepared_data_matches_raw_videos(tmp_path):

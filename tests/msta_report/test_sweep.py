@@ -12,17 +12,14 @@ import yaml
 
 from msta.schedule import lr_factor
 from msta.sweep import SweepError, expand_plan, load_plan, run_state, sweep
+from tests.msta_train import make_synth
 
 TINY = ["loss.consistency_weight=0", "optim.epochs=1", "optim.batch_size=4", "run.device=cpu"]
 
 
 @pytest.fixture(scope="module")
-def synth_root(tmp_path_factory, msta_cli) -> Path:
-    out = tmp_path_factory.mktemp("synth") / "data"
-    args = ["--videos-per-class", "4", "--val-per-class", "2", "--frames", "8", "--size", "32"]
-    res = msta_cli(["data", "synth", "--out", str(out), *args])
-    assert res.returncode == 0, res.stderr
-    return out
+def synth_root(tmp_path_factory) -> Path:
+    return make_synth(tmp_path_factory.mktemp("synth") / "data")
 
 
 def write_plan(path: Path, data: Path, out: Path, seeds=(1, 2)) -> Path:

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.descgen_helpers import immutable
+
 from . import class_list, make_cache, make_synth, run_msta_process, start_msta_process, synth_args
 
 SHORT = [
@@ -206,30 +208,21 @@ def test_resume_of_a_finished_run_changes_nothing(synth, tmp_path, msta_cli):
 # --------------------------------------------------------------------------- read-only caches
 
 
-def _immutable(path: Path, on: bool) -> None:
-    subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="chattr needs root")
 def test_read_only_cache_works_when_complete_and_fails_in_one_line_when_not(synth, tmp_path, msta_cli):
     cache = tmp_path / "ro.db"
     make_cache(cache, class_list(synth))
     args = ["--set", "optim.epochs=1", "--set", "optim.batch_size=4", "--descriptions", str(cache)]
-    try:
-        _immutable(cache, True)
+    with immutable(cache):
         res = msta_cli(synth_args(synth, tmp_path / "r1", *args))
-        assert res.returncode == 2
-        assert "read-only" in _one_error_line(res.stderr)
-        _immutable(cache, False)
-        res = msta_cli(synth_args(synth, tmp_path / "r2", *args))  # encodes and stores them
-        assert res.returncode == 0, res.stderr
-        before = cache.read_bytes()
-        _immutable(cache, True)
+    assert res.returncode == 2
+    assert "read-only" in _one_error_line(res.stderr)
+    res = msta_cli(synth_args(synth, tmp_path / "r2", *args))  # encodes and stores them
+    assert res.returncode == 0, res.stderr
+    before = cache.read_bytes()
+    with immutable(cache):
         res = msta_cli(synth_args(synth, tmp_path / "r3", *args))
-        assert res.returncode == 0, res.stderr
-        assert cache.read_bytes() == before
-    finally:
-        _immutable(cache, False)
+    assert res.returncode == 0, res.stderr
+    assert cache.read_bytes() == before
 
 
 # --------------------------------------------------------------------------- real processes

@@ -9,18 +9,16 @@ import importlib.util
 import io
 import json
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from descgen.errors import DescgenError
 from descgen.serve import ServerError
 from tests.descgen.fake_openai import FakeOpenAI
+from tests.descgen_helpers import write_classes
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["Moving a shape from left to right", "Moving a shape from right to left"]
@@ -44,7 +42,7 @@ def _settings(tmp_path: Path, **env: str):
 
 def _write_classes(s) -> None:
     s.data.mkdir(parents=True)
-    s.classes.write_text("id,name\n" + "".join(f"{i},{name}\n" for i, name in enumerate(CLASSES)))
+    write_classes(s.classes, CLASSES)
 
 
 def _ui() -> tuple:
@@ -143,13 +141,8 @@ def test_missing_environment_is_reported(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- descgen serve
 
 
-def _descgen(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", "from descgen.cli import main; main()", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
-
-
-def test_serve_help_and_bad_arguments() -> None:
-    shown = _descgen("serve", "--help")
+def test_serve_help_and_bad_arguments(descgen_cli) -> None:
+    shown = descgen_cli("serve", "--help")
     assert shown.returncode == 0, shown.stderr
     for option in (
         "--python",
@@ -161,9 +154,9 @@ def test_serve_help_and_bad_arguments() -> None:
         "--ready-file",
     ):
         assert option in shown.stdout
-    missing = _descgen("serve", "--model", "m")
+    missing = descgen_cli("serve", "--model", "m")
     assert missing.returncode == 2 and "--python" in missing.stderr
-    bad_port = _descgen("serve", "--python", sys.executable, "--model", "m", "--port", "eighty")
+    bad_port = descgen_cli("serve", "--python", sys.executable, "--model", "m", "--port", "eighty")
     assert bad_port.returncode == 2 and "--port" in bad_port.stderr
 
 
@@ -181,8 +174,10 @@ class _FakeHandle:
         self.stopped = True
 
 
-def test_serve_passes_vllm_options_on_and_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from descgen import cli_serve, serve
+def test_serve_passes_vllm_options_on_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, descgen_cli
+) -> None:
+    from descgen import serve
 
     seen: dict = {}
     handle = _FakeHandle()
@@ -197,13 +192,10 @@ def test_serve_passes_vllm_options_on_and_cleans_up(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(serve, "start_server", fake_start)
     monkeypatch.setattr(serve, "watch", fake_watch)
-    app = typer.Typer()
-    app.command("serve", context_settings=cli_serve.CONTEXT_SETTINGS)(cli_serve.serve)
-    app.command("other")(lambda: None)  # two commands, as in the real application
     before = signal.getsignal(signal.SIGINT)
     args = ["serve", "--python", "py", "--model", "m", "--port", "8123", "--ready-file", str(ready)]
-    result = CliRunner().invoke(app, [*args, "--max-model-len", "2048", "--enforce-eager"])
-    assert result.exit_code == 0, result.output
+    result = descgen_cli(*args, "--max-model-len", "2048", "--enforce-eager")
+    assert result.returncode == 0, result.output
     assert result.output.strip() == handle.base_url
     assert seen["extra_args"] == ["--max-model-len", "2048", "--enforce-eager"]
     assert (seen["python"], seen["model"], seen["port"]) == ("py", "m", 8123)
