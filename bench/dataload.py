@@ -2,8 +2,8 @@
 ``msta data prepare``, through the real training loader.
 
 Writes real mp4 files of realistic length (default 10 s at 25 fps, 320x240, H.264 with the encoder's
-default keyframe interval) into a temporary directory, prepares them twice (``--chroma 444``, the
-default, and ``420``), then loads 8-frame training clips at 224 px (training transforms, collation)
+default keyframe interval) into a temporary directory, prepares them three times (JPEG with
+``--chroma 444``, the default, JPEG with ``--chroma 420``, and ``--codec raw``), then loads 8-frame training clips at 224 px (training transforms, collation)
 through ``VideoDataset`` and a ``DataLoader`` with 2 worker processes from each, as training does
 (the workers deliver uint8 clips; colour augmentation and normalisation run on the training
 device), and prints side by side: clips/s, clips/s per core, the ratios, the cores that would keep
@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-GPU_RATES = (470, 870)
-CHROMAS = (
-    "444",
-    "420",
-)  # msta data prepare --chroma  # clips/s one H200 trains at (MSTA d128 bf16 batch 32; and a faster setting)
+GPU_RATES = (470, 870)  # clips/s one H200 trains at (MSTA d128 bf16 batch 32; and a faster setting)
+VARIANTS = {  # row name: msta data prepare options
+    "prep 444": {"chroma": "444"},
+    "prep 420": {"chroma": "420"},
+    "prep raw": {"codec": "raw"},
+}
 
 
 def make_video(path: Path, seconds: float, fps: int, width: int, height: int, seed: int) -> None:
@@ -53,7 +54,7 @@ def make_video(path: Path, seconds: float, fps: int, width: int, height: int, se
         container.mux(stream.encode(None))
 
 
-def breakdown(root: Path, rels: list[str], prepared: bool, size: int, frames: int) -> tuple[float, ...]:
+def breakdown(root: Path, rels: list[str], codec: str | None, size: int, frames: int) -> tuple[float, ...]:
     """Mean milliseconds per clip, in this process: reading (decoding), the loader's transforms (crop,
     resize, flip, colour map) and the finishing step that training runs on its device (colour
     augmentation and normalisation; here on this CPU)."""
@@ -65,7 +66,7 @@ def breakdown(root: Path, rels: list[str], prepared: bool, size: int, frames: in
     times = np.zeros(3)
     for rel in rels:
         t0 = time.perf_counter()
-        with open_reader(prepared_path(root, rel) if prepared else root / rel) as reader:
+        with open_reader(prepared_path(root, rel, codec) if codec else root / rel) as reader:
             clip = reader.get(segment_indices(reader.num_frames, frames, True, rng))
         t1 = time.perf_counter()
         video, colour = train_views(clip, size, rng, hflip=True)
@@ -104,15 +105,15 @@ def main() -> None:
             f"{args.videos} videos: {args.seconds:g} s at {args.fps} fps, {args.width}x{args.height}, H.264 "
             f"(default GOP), written in {time.perf_counter() - t0:.1f} s"
         )
-        rows = {"raw pyav": (root, False)}
-        for chroma in CHROMAS:
-            out = Path(tmp) / f"prepared-{chroma}"
-            report_prepare(root, out, args, chroma)
-            rows[f"prep {chroma}"] = (out, True)
+        rows: dict[str, tuple[Path, str | None]] = {"raw pyav": (root, None)}
+        for name, options in VARIANTS.items():
+            out = Path(tmp) / name.replace(" ", "-")
+            report_prepare(root, out, args, options)
+            rows[name] = (out, options.get("codec", "jpeg"))
         rels = [rel for rel, _ in items]
-        breakdown(out, rels[:1], True, args.size, args.frames)  # warm-up (lazy imports)
-        for name, (where, prepared) in rows.items():
-            read, tf, fin = breakdown(where, rels, prepared, args.size, args.frames)
+        breakdown(root, rels[:1], None, args.size, args.frames)  # warm-up (lazy imports)
+        for name, (where, codec) in rows.items():
+            read, tf, fin = breakdown(where, rels, codec, args.size, args.frames)
             print(
                 f"{name}: {read:.1f} ms reading + {tf:.1f} ms transforming per clip in a loader worker; "
                 f"then {fin:.1f} ms finishing (colour, normalisation) on the training device (here: the CPU)"
@@ -120,19 +121,20 @@ def main() -> None:
         report_loader(items, rows, args)
 
 
-def report_prepare(root: Path, out: Path, args: argparse.Namespace, chroma: str) -> None:
+def report_prepare(root: Path, out: Path, args: argparse.Namespace, options: dict[str, str]) -> None:
     from msta.prepare import prepare_list
 
-    prep = prepare_list(root / "list.txt", root, out, workers=args.workers, chroma=chroma)
+    prep = prepare_list(root / "list.txt", root, out, workers=args.workers, **options)
     per_core = args.videos / prep.seconds / max(1, args.workers)
+    flags = " ".join(f"--{k} {v}" for k, v in options.items())
     print(
-        f"prepare --chroma {chroma}: {args.videos} videos in {prep.seconds:.1f} s with {args.workers} processes = "
+        f"prepare {flags}: {args.videos} videos in {prep.seconds:.1f} s with {args.workers} processes = "
         f"{per_core:.2f} videos/s per core; {prep.bytes_out / args.videos / 1e6:.2f} MB per video "
         f"vs {prep.bytes_source / args.videos / 1e6:.2f} MB source ({prep.bytes_out / prep.bytes_source:.1f}x)"
     )
 
 
-def report_loader(items: list[tuple[str, int]], rows: dict[str, tuple[Path, bool]], args) -> None:
+def report_loader(items: list[tuple[str, int]], rows: dict[str, tuple[Path, str | None]], args) -> None:
     from msta.data import loader_throughput
 
     print(
@@ -152,9 +154,9 @@ def report_loader(items: list[tuple[str, int]], rows: dict[str, tuple[Path, bool
         core = rate / max(1, args.workers)
         need = " ".join(f"{int(np.ceil(r / core)):>10d}" for r in GPU_RATES)
         print(f"{name:<9} {rate:>9.2f} {core:>9.2f} {need}", flush=True)
-    for chroma in CHROMAS:
-        ratio = rates[f"prep {chroma}"] / rates["raw pyav"]
-        print(f"prepared ({chroma}) / raw: {ratio:.1f}x (goal: at least 10x)")
+    for name in VARIANTS:
+        ratio = rates[name] / rates["raw pyav"]
+        print(f"{name} / raw pyav: {ratio:.1f}x (goal: at least 10x)")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from msta.data import ListEntry, parse_video_list, segment_indices
 from msta.video import (
     DataError,
     check_decoder,
-    is_prepared,
     open_reader,
+    prepared_codec,
     prepared_path,
     read_prepared_manifest,
     short_error,
@@ -131,10 +131,11 @@ def check_list(
 
 def _locator(root: Path) -> tuple[Callable[[str], Path], dict[str, str]]:
     """Where a list path is read from, and the videos a prepared root recorded as unreadable."""
-    if not is_prepared(root):
+    codec = prepared_codec(root)
+    if codec is None:
         return (lambda rel: root / rel), {}
     failed = read_prepared_manifest(root).get("failed", {})
-    return (lambda rel: prepared_path(root, rel)), {str(k): str(v) for k, v in failed.items()}
+    return (lambda rel: prepared_path(root, rel, codec)), {str(k): str(v) for k, v in failed.items()}
 
 
 def _count_labels(report: CheckReport, entries: list[ListEntry], num_classes: int | None) -> None:

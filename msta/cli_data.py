@@ -153,18 +153,23 @@ def prepare_command(
         "--chroma",
         help="JPEG chroma sampling: 444 (full, faithful) or 420 (a third smaller, faster to read).",
     ),
+    codec: str = typer.Option(
+        "jpeg",
+        "--codec",
+        help="jpeg (compact) or raw (uncompressed RGB: no decoding when read, about 4x the bytes of jpeg).",
+    ),
 ) -> None:
-    """Decode every video of the list once into frame banks built for random access (all frames, JPEG,
-    short side at most 256 px). Safe to rerun or resume; unreadable videos are listed, not fatal."""
+    """Decode every video of the list once into frame banks built for random access (all frames, JPEG
+    or raw RGB, short side at most 256 px). Safe to rerun or resume; unreadable videos are listed, not fatal."""
     from msta.prepare import REPORT_NAME, Encoding, parse_shard, prepare_list
 
-    parse_shard(shard)  # a bad --shard or --chroma fails before the progress bar starts
-    Encoding(short_side, quality, chroma).check()
+    parse_shard(shard)  # a bad --shard, --chroma or --codec fails before the progress bar starts
+    Encoding(short_side, quality, chroma, codec).check()
     progress, update = _progress("Preparing videos")
     with progress:
         res = prepare_list(
             list_file, root, out, workers=workers, shard=shard, short_side=short_side, quality=quality,
-            progress=update, chroma=chroma,
+            progress=update, chroma=chroma, codec=codec,
         )  # fmt: skip
     mb_out, mb_src = res.bytes_out / 1e6, res.bytes_source / 1e6
     typer.echo(

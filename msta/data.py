@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from msta.transforms import Stats, eval_views, finish, train_views
-from msta.video import DataError, VideoReadError, check_decoder, is_prepared, open_reader, prepared_path
+from msta.video import DataError, VideoReadError, check_decoder, open_reader, prepared_codec, prepared_path
 from msta.views import parse_views
 
 log = logging.getLogger(__name__)
@@ -316,7 +316,7 @@ class VideoDataset(Dataset):
         self.threads = int(threads)
         self.stats = stats  # (mean, std) per channel; None: CLIP's
         self.defer_colour = bool(defer_colour)
-        self.prepared = is_prepared(self.root)  # frame banks of `msta data prepare`, by the manifest
+        self.codec = prepared_codec(self.root)  # frame banks of `msta data prepare`, by the manifest
         # In shared memory, so that persistent DataLoader workers see set_epoch() calls too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -333,12 +333,17 @@ class VideoDataset(Dataset):
         self._epoch.fill_(int(epoch))
 
     @property
+    def prepared(self) -> bool:
+        """Whether the root is a prepared directory (``msta data prepare``)."""
+        return self.codec is not None
+
+    @property
     def labels(self) -> list[int]:
         return [label for _, label in self.items]
 
     def path_of(self, index: int) -> Path:
         rel = self.items[index][0]
-        return prepared_path(self.root, rel) if self.prepared else self.root / rel
+        return prepared_path(self.root, rel, self.codec) if self.codec else self.root / rel
 
     def _load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 views of video ``index`` and their colour maps (see :func:`msta.transforms.finish`)."""
@@ -465,6 +470,7 @@ def loader_throughput(
         "frames": num_frames,
         "input_size": input_size,
         "prepared": ds.prepared,
+        "codec": ds.codec,
         "colour": "on the training device",
         "root": str(root),
     }

@@ -2,10 +2,13 @@
 
 Format (read by :class:`msta.video.PreparedReader`): one file per video,
 ``<out>/videos/<list path>.jpgs``, holding **every** decoded frame in decoding order as a JPEG
-(quality 90, full 4:4:4 chroma by default, or 4:2:0 with ``--chroma 420``), resized so that the short
+(quality 90, full 4:4:4 chroma by default, or 4:2:0 with ``--chroma 420``), or with ``--codec raw``
+``<out>/videos/<list path>.rgbs`` holding every frame as uncompressed RGB bytes (no decoding at all
+when reading, for about 3 bytes per pixel per frame on disk). Frames are resized so that the short
 side is at most 256 px (the short side the transforms resize to for a 224 px input; smaller videos
-keep their size), with an offset table in front. Frame ``i`` of the bank is frame ``i`` of the raw video, so TSN sampling (``segment_indices``)
-picks the same indices and the same frames with the same lists; a clip reads only its 8 JPEGs.
+keep their size); an offset table comes first. Frame ``i`` of the bank is frame ``i`` of the raw
+video, so TSN sampling (``segment_indices``) picks the same indices and the same frames with the
+same lists; a clip reads only its 8 frames. A directory holds one codec.
 
 Robustness:
 
@@ -26,8 +29,9 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +41,8 @@ import numpy as np
 from descgen.fileio import write_text_atomic
 from msta.data import read_video_list
 from msta.video import (
+    PREPARED_CODECS,
     PREPARED_HEADER,
-    PREPARED_MAGIC,
     PREPARED_MANIFEST,
     DataError,
     VideoReadError,
@@ -54,20 +58,39 @@ CHROMA = {"444": 0, "420": 2}  # --chroma: Pillow's JPEG subsampling code (4:4:4
 
 @dataclass(frozen=True)
 class Encoding:
-    """How frames are stored: the largest short side, the JPEG quality, the chroma sampling."""
+    """How frames are stored: the largest short side, the codec (``jpeg`` or uncompressed ``raw``
+    RGB), and for JPEG the quality and the chroma sampling."""
 
     short_side: int = SHORT_SIDE
     quality: int = QUALITY
     chroma: str = "444"
+    codec: str = "jpeg"
 
     def check(self) -> None:
+        if self.codec not in PREPARED_CODECS:
+            raise DataError(f"codec must be one of {', '.join(PREPARED_CODECS)}, not {self.codec!r}")
         if self.chroma not in CHROMA:
             raise DataError(f"chroma must be one of {', '.join(CHROMA)}, not {self.chroma!r}")
         if not 1 <= self.quality <= 100 or self.short_side < 1:
             raise DataError("quality must be 1..100 and short side positive")
 
+    def settings(self) -> dict[str, Any]:
+        """What the manifest records (quality and chroma only where they apply)."""
+        if self.codec == "raw":
+            return {"codec": "raw", "short_side": self.short_side}
+        return {
+            "codec": "jpeg",
+            "short_side": self.short_side,
+            "quality": self.quality,
+            "chroma": self.chroma,
+        }
+
 
 REPORT_NAME = "prepare-report.txt"
+LAYOUTS = {
+    "jpeg": "videos/<list path>.jpgs: every decoded frame as JPEG, frame i = frame i of the source",
+    "raw": "videos/<list path>.rgbs: every decoded frame as uncompressed RGB, frame i = frame i of the source",
+}
 FORMAT_VERSION = 1
 
 
@@ -113,57 +136,78 @@ def _target_size(h: int, w: int, short_side: int) -> tuple[int, int]:
     return max(1, int(round(h * f))), max(1, int(round(w * f)))
 
 
-def _encode_frames(src: Path, enc: Encoding) -> tuple[list[bytes], int, int]:
-    """Every frame of ``src`` as JPEG bytes, in decoding order, and the stored height and width."""
+def _decoded_images(src: Path, short_side: int) -> Iterator[Any]:
+    """Every frame of ``src`` as a PIL image, in decoding order, with the short side brought down to at
+    most ``short_side`` (all frames get the first frame's stored size). Decoding problems raise
+    :class:`VideoReadError`."""
     import av
     from PIL import Image
 
-    jpegs: list[bytes] = []
     size: tuple[int, int] | None = None
     try:
-        with av.open(str(src)) as container:
-            if not container.streams.video:
-                raise VideoReadError(f"{src} has no video stream")
-            for frame in container.decode(container.streams.video[0]):
-                img = frame.to_image()
-                if size is None:
-                    size = _target_size(img.height, img.width, enc.short_side)
-                if (img.height, img.width) != size:
-                    img = img.resize((size[1], size[0]), Image.BILINEAR)
-                buf = io.BytesIO()
-                img.save(buf, format="JPEG", quality=enc.quality, subsampling=CHROMA[enc.chroma])
-                jpegs.append(buf.getvalue())
-    except VideoReadError:
-        raise
+        container = av.open(str(src))
     except Exception as exc:  # FFmpeg errors, OSError...
         raise VideoReadError(f"cannot decode {src}: {short_error(exc)}") from None
-    if not jpegs or size is None:
-        raise VideoReadError(f"{src} has no video frames")
-    return jpegs, size[0], size[1]
+    with container:
+        if not container.streams.video:
+            raise VideoReadError(f"{src} has no video stream")
+        frames = container.decode(container.streams.video[0])
+        while True:
+            try:
+                img = next(frames).to_image()
+            except StopIteration:
+                break
+            except Exception as exc:
+                raise VideoReadError(f"cannot decode {src}: {short_error(exc)}") from None
+            size = size or _target_size(img.height, img.width, short_side)
+            yield img if (img.height, img.width) == size else img.resize((size[1], size[0]), Image.BILINEAR)
 
 
-def _write_bank(dst: Path, jpegs: list[bytes], h: int, w: int) -> int:
-    """Write the frame bank under a temporary name, then rename it into place. Returns its size."""
-    offsets = np.zeros(len(jpegs) + 1, dtype="<u8")
-    offsets[1:] = np.cumsum([len(j) for j in jpegs])
+def _frame_bytes(img: Any, enc: Encoding) -> bytes:
+    if enc.codec == "raw":
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).tobytes()
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=enc.quality, subsampling=CHROMA[enc.chroma])
+    return buf.getvalue()
+
+
+def _write_bank(src: Path, dst: Path, enc: Encoding) -> dict[str, int]:
+    """Decode ``src`` and store its frames: the frames stream into a temporary body file (a long
+    video never sits in memory), then the header, the offset table and the body go into a second
+    temporary file, which is renamed into place when complete. Returns frames, size and bytes."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(PREPARED_HEADER.pack(PREPARED_MAGIC, len(jpegs), h, w))
-        f.write(offsets.tobytes())
-        for j in jpegs:
-            f.write(j)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
-    return dst.stat().st_size
+    body = tmp.with_name(tmp.name + ".body")
+    sizes: list[int] = []
+    h = w = 0
+    try:
+        with open(body, "w+b") as b:
+            for img in _decoded_images(src, enc.short_side):
+                h, w = img.height, img.width
+                sizes.append(b.write(_frame_bytes(img, enc)))
+            if not sizes:
+                raise VideoReadError(f"{src} has no video frames")
+            offsets = np.zeros(len(sizes) + 1, dtype="<u8")
+            offsets[1:] = np.cumsum(sizes)
+            b.seek(0)
+            with open(tmp, "wb") as f:
+                f.write(PREPARED_HEADER.pack(PREPARED_CODECS[enc.codec][1], len(sizes), h, w))
+                f.write(offsets.tobytes())
+                shutil.copyfileobj(b, f, 1 << 22)
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    finally:
+        body.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return {"frames": len(sizes), "height": h, "width": w, "bytes": dst.stat().st_size}
 
 
 def _stored_info(dst: Path) -> dict[str, int] | None:
     """Frames, size and bytes of a complete stored bank, or None when there is none."""
     try:
         with open(dst, "rb") as f:
-            n, h, w, offsets = read_prepared_header(f)
+            _, n, h, w, offsets = read_prepared_header(f)
         size = dst.stat().st_size
     except (OSError, VideoReadError):
         return None
@@ -183,12 +227,10 @@ def prepare_one(src: Path, dst: Path, enc: Encoding = Encoding()) -> dict[str, A
     try:
         if not src.is_file():
             raise VideoReadError(f"video not found: {src}")
-        jpegs, h, w = _encode_frames(src, enc)
+        info = _write_bank(src, dst, enc)
     except VideoReadError as exc:
         return {"status": "failed", "error": str(exc)}
-    size = _write_bank(dst, jpegs, h, w)
-    return {"status": "done", "frames": len(jpegs), "height": h, "width": w, "bytes": size,
-            "source_bytes": source_bytes}  # fmt: skip
+    return {"status": "done", **info, "source_bytes": source_bytes}
 
 
 def _job(args: tuple[str, str, str, Encoding]) -> tuple[str, dict[str, Any]]:
@@ -212,10 +254,11 @@ def prepare_list(
     quality: int = QUALITY,
     progress: Callable[[int, int], None] | None = None,
     chroma: str = "444",
+    codec: str = "jpeg",
 ) -> PrepareResult:
     """Prepare the videos of a list (or of one shard of it) into ``out``; see the module docstring."""
     i, n = parse_shard(shard)
-    enc = Encoding(short_side, quality, chroma)
+    enc = Encoding(short_side, quality, chroma, codec)
     enc.check()
     root_p, out_p = Path(root).expanduser(), Path(out).expanduser()
     if not root_p.is_dir():
@@ -224,10 +267,11 @@ def prepare_list(
         raise DataError("--out must differ from --root")
     paths = sorted({rel for rel, _ in read_video_list(list_file)})
     mine = paths[i::n]
+    _check_same_codec(out_p, enc.codec)
     out_p.mkdir(parents=True, exist_ok=True)
     result = PrepareResult(out=out_p, total=len(mine))
     t0 = time.perf_counter()
-    jobs = [(rel, str(root_p / rel), str(prepared_path(out_p, rel)), enc) for rel in mine]
+    jobs = [(rel, str(root_p / rel), str(prepared_path(out_p, rel, enc.codec)), enc) for rel in mine]
     videos: dict[str, dict[str, Any]] = {}
     for rel, res in _run_jobs(jobs, workers, progress):
         status = res.pop("status")
@@ -243,7 +287,7 @@ def prepare_list(
         result.bytes_source += res["source_bytes"]
     result.seconds = time.perf_counter() - t0
     part = {"list": str(list_file), "shard": [i, n], "videos": videos, "failed": result.failed,
-            "settings": {"short_side": short_side, "quality": quality, "chroma": chroma}}  # fmt: skip
+            "settings": enc.settings()}  # fmt: skip
     _write_json(out_p / "parts" / f"{_list_id(paths)}-{i}-of-{n}.json", part)
     result.manifest_written = write_manifest(out_p)
     return result
@@ -282,6 +326,17 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: Callable[[int, int], No
         finally:
             for fut in futures:
                 fut.cancel()
+
+
+def _check_same_codec(out: Path, codec: str) -> None:
+    """One codec per prepared directory: its readers look for one file suffix."""
+    for p in sorted((out / "parts").glob("*-of-*.json")) if (out / "parts").is_dir() else ():
+        try:
+            other = json.loads(p.read_text(encoding="utf-8")).get("settings", {}).get("codec", "jpeg")
+        except (OSError, ValueError):
+            continue
+        if other != codec:
+            raise DataError(f"{out} holds frames stored with codec {other}, not {codec}: use another --out")
 
 
 def _list_id(paths: list[str]) -> str:
@@ -331,7 +386,7 @@ def write_manifest(out: str | Path) -> bool:
     manifest = {
         "format": "msta-prepared",
         "version": FORMAT_VERSION,
-        "layout": "videos/<list path>.jpgs: every decoded frame as JPEG, frame i = frame i of the source",
+        "layout": LAYOUTS[settings.get("codec", "jpeg")],
         **settings,
         "lists": sorted({p["list"] for p in parts}),
         "num_videos": len(videos),

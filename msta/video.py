@@ -2,7 +2,8 @@
 frame banks (written by ``msta data prepare``, see :mod:`msta.prepare`).
 
 A directory is always read as a folder of frames (``img_00001.jpg`` ..., in natural name order).
-A file ending in :data:`PREPARED_SUFFIX` is always read as a prepared frame bank, whatever the decoder.
+A file ending in a suffix of :data:`PREPARED_CODECS` is always read as a prepared frame bank, whatever the
+decoder.
 Every reader has ``num_frames`` and ``get(indices)`` returning uint8 RGB ``[T, H, W, 3]``, and is a
 context manager. Readers are opened per sample, so DataLoader workers never share a decoder.
 """
@@ -25,12 +26,12 @@ from msta.errors import MstaError
 DECODERS = ("pyav", "decord", "frames")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-# Prepared frame banks: one file per video, ``<out>/videos/<list path>.jpgs``, holding every decoded
-# frame as a JPEG. Layout: header ``<8s I I I`` (magic, frames, height, width), then ``frames + 1``
-# little-endian uint64 offsets (relative to the end of the offset table), then the JPEG bytes.
+# Prepared frame banks: one file per video, ``<out>/videos/<list path><suffix>``, holding every decoded
+# frame. Layout: header ``<8s I I I`` (magic, frames, height, width), then ``frames + 1`` little-endian
+# uint64 offsets (relative to the end of the offset table), then the frames: JPEG files (codec
+# ``jpeg``, suffix ``.jpgs``) or uncompressed ``height x width x 3`` RGB bytes (codec ``raw``, ``.rgbs``).
 PREPARED_MANIFEST = "prepared.json"
-PREPARED_SUFFIX = ".jpgs"
-PREPARED_MAGIC = b"MSTAJPG1"
+PREPARED_CODECS = {"jpeg": (".jpgs", b"MSTAJPG1"), "raw": (".rgbs", b"MSTARGB1")}  # codec: (suffix, magic)
 PREPARED_HEADER = struct.Struct("<8sIII")
 
 
@@ -262,27 +263,40 @@ class PreparedReader(_Reader):
         except OSError as exc:
             raise VideoReadError(f"cannot open {self.path}: {exc.strerror or exc}") from None
         try:
-            self.num_frames, self.height, self.width, self._offsets = read_prepared_header(self._file)
+            self.codec, self.num_frames, self.height, self.width, self._offsets = read_prepared_header(
+                self._file
+            )
         except VideoReadError:
             self.close()
             raise
         self._base = PREPARED_HEADER.size + 8 * (self.num_frames + 1)
 
+    def _read(self, i: int, into: memoryview | None = None) -> bytes:
+        """Frame ``i``'s stored bytes (read into ``into`` when given, which must have its size)."""
+        start, end = int(self._offsets[i]), int(self._offsets[i + 1])
+        try:
+            self._file.seek(self._base + start)
+            data = b"" if into is not None else self._file.read(end - start)
+            got = self._file.readinto(into) if into is not None else len(data)
+        except OSError as exc:
+            raise VideoReadError(f"cannot read frame {i} of {self.path}: {short_error(exc)}") from None
+        if got != end - start:
+            raise VideoReadError(f"cannot read frame {i} of {self.path}: the file is truncated")
+        return data
+
     def get(self, indices: Sequence[int]) -> np.ndarray:
         idx = self._check(indices)
         wanted = sorted(set(idx))
-        blobs = []
-        for i in wanted:
-            start, end = int(self._offsets[i]), int(self._offsets[i + 1])
-            try:
-                self._file.seek(self._base + start)
-                data = self._file.read(end - start)
-            except OSError as exc:
-                raise VideoReadError(f"cannot read frame {i} of {self.path}: {short_error(exc)}") from None
-            if len(data) != end - start:
-                raise VideoReadError(f"cannot read frame {i} of {self.path}: the file is truncated")
-            blobs.append(data)
-        frames = decode_jpegs(blobs, self.path)
+        if self.codec == "raw":
+            frames = np.empty((len(wanted), self.height, self.width, 3), dtype=np.uint8)
+            if any(int(self._offsets[i + 1] - self._offsets[i]) != frames[0].nbytes for i in wanted):
+                raise VideoReadError(f"{self.path}: a frame's size does not match the header")
+            for k, i in enumerate(wanted):
+                self._read(i, memoryview(frames[k]).cast("B"))
+        else:
+            frames = decode_jpegs([self._read(i) for i in wanted], self.path)
+        if wanted == idx:  # TSN indices: increasing, no repeats; no copy needed
+            return frames
         pos = {i: k for k, i in enumerate(wanted)}
         return frames[[pos[i] for i in idx]]
 
@@ -305,18 +319,19 @@ def decode_jpegs(blobs: Sequence[bytes], where: Path | str) -> np.ndarray:
         raise VideoReadError(f"cannot decode a frame of {where}: {short_error(exc)}") from None
 
 
-def read_prepared_header(f: Any) -> tuple[int, int, int, np.ndarray]:
-    """``(frames, height, width, offsets)`` of an open prepared frame bank."""
+def read_prepared_header(f: Any) -> tuple[str, int, int, int, np.ndarray]:
+    """``(codec, frames, height, width, offsets)`` of an open prepared frame bank."""
     name = getattr(f, "name", "prepared video")
     head = f.read(PREPARED_HEADER.size)
-    if len(head) != PREPARED_HEADER.size or head[:8] != PREPARED_MAGIC:
+    codec = next((c for c, (_, magic) in PREPARED_CODECS.items() if head[:8] == magic), None)
+    if len(head) != PREPARED_HEADER.size or codec is None:
         raise VideoReadError(f"{name} is not a prepared video (bad header)")
     _, n, h, w = PREPARED_HEADER.unpack(head)
     table = f.read(8 * (n + 1))
     if n <= 0 or len(table) != 8 * (n + 1):
         raise VideoReadError(f"{name} is truncated or holds no frames")
     offsets = np.frombuffer(table, dtype="<u8")
-    return int(n), int(h), int(w), offsets
+    return codec, int(n), int(h), int(w), offsets
 
 
 def is_prepared(root: str | Path) -> bool:
@@ -324,15 +339,27 @@ def is_prepared(root: str | Path) -> bool:
     return (Path(root) / PREPARED_MANIFEST).is_file()
 
 
-def prepared_path(root: str | Path, rel: str) -> Path:
-    """Where the prepared frame bank of list path ``rel`` lives under the prepared directory ``root``.
+def prepared_path(root: str | Path, rel: str, codec: str = "jpeg") -> Path:
+    """Where the prepared frame bank of list path ``rel`` lives under the prepared directory ``root``
+    (``codec``: the directory's, :func:`prepared_codec`).
 
     List paths keep their folders; a path that is absolute or climbs out (``..``) is stored under a
     hash of its text instead, so nothing is ever written outside ``root``."""
+    suffix = PREPARED_CODECS[codec][0]
     parts = Path(rel).parts
     if Path(rel).is_absolute() or ".." in parts or not parts:
-        return Path(root) / "videos" / "_hashed" / (hashlib.sha1(rel.encode()).hexdigest() + PREPARED_SUFFIX)
-    return Path(root) / "videos" / (rel + PREPARED_SUFFIX)
+        return Path(root) / "videos" / "_hashed" / (hashlib.sha1(rel.encode()).hexdigest() + suffix)
+    return Path(root) / "videos" / (rel + suffix)
+
+
+def prepared_codec(root: str | Path) -> str | None:
+    """The codec of a prepared directory's frame banks; None when ``root`` is not prepared."""
+    if not is_prepared(root):
+        return None
+    codec = read_prepared_manifest(root).get("codec", "jpeg")  # directories from before raw banks
+    if codec not in PREPARED_CODECS:
+        raise DataError(f"{Path(root) / PREPARED_MANIFEST}: unknown codec {codec!r}")
+    return str(codec)
 
 
 def read_prepared_manifest(root: str | Path) -> dict[str, Any]:
@@ -364,7 +391,7 @@ def open_reader(path: str | Path, decoder: str = "pyav", threads: int = 1) -> _R
     if decoder not in DECODERS:
         raise DataError(f"unknown decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
     p = Path(path)
-    if p.name.endswith(PREPARED_SUFFIX):
+    if p.name.endswith(tuple(suffix for suffix, _ in PREPARED_CODECS.values())):
         return PreparedReader(p)
     if p.is_dir():
         return FramesReader(p)
@@ -391,9 +418,8 @@ __all__ = [
     "DecordReader",
     "FramesReader",
     "PREPARED_HEADER",
-    "PREPARED_MAGIC",
     "PREPARED_MANIFEST",
-    "PREPARED_SUFFIX",
+    "PREPARED_CODECS",
     "PreparedReader",
     "PyAVReader",
     "VideoReadError",
@@ -401,6 +427,7 @@ __all__ = [
     "decord_available",
     "is_prepared",
     "open_reader",
+    "prepared_codec",
     "prepared_path",
     "read_prepared_header",
     "read_prepared_manifest",

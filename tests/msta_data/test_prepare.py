@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from msta.data import VideoDataset
-from msta.prepare import prepare_list, prepare_one
-from msta.video import VideoReadError, is_prepared, open_reader, prepared_path
+from msta.prepare import Encoding, prepare_list, prepare_one
+from msta.video import DataError, VideoReadError, is_prepared, open_reader, prepared_path
 from tests.msta_train import REPO, msta_cmd, run_msta_process, subprocess_env
 
 from . import counter_frames, read_counter, write_frames_video
@@ -69,20 +69,42 @@ def test_frame_indices_are_those_of_the_raw_video(tmp_path):
     assert prepare_one(src, dst)["status"] == "skipped"
 
 
-@pytest.mark.parametrize(("views", "chroma"), [("1x1", "444"), ("2x3", "444"), ("1x1", "420")])
-def test_prepared_eval_clips_match_raw_decoding(videos, tmp_path, views, chroma):
+def test_raw_codec_stores_the_decoded_frames_exactly(tmp_path):
+    src, dst = tmp_path / "s.mp4", tmp_path / "out" / "s.mp4.rgbs"
+    write_frames_video(src, smooth_frames(20, 96, 128, 3), gop=6)
+    info = prepare_one(src, dst, Encoding(codec="raw"))
+    assert info["status"] == "done" and info["bytes"] > 20 * 96 * 128 * 3
+    idx = [19, 0, 7, 7, 12]
+    with open_reader(dst) as r, open_reader(src) as raw:
+        assert r.codec == "raw" and r.num_frames == raw.num_frames == 20
+        assert np.array_equal(r.get(idx), raw.get(idx))
+    with open(dst, "r+b") as f:  # a bank cut short: never read as valid, and prepared again
+        f.truncate(info["bytes"] - 5)
+    with open_reader(dst) as r, pytest.raises(VideoReadError, match="truncated"):
+        r.get([19])
+    assert prepare_one(src, dst, Encoding(codec="raw"))["status"] == "done"
+
+
+PREPARED_VARIANTS = [("1x1", {"chroma": "444"}), ("2x3", {"chroma": "444"}), ("1x1", {"chroma": "420"}),
+                     ("1x1", {"codec": "raw"})]  # fmt: skip
+
+
+@pytest.mark.parametrize(("views", "options"), PREPARED_VARIANTS)
+def test_prepared_eval_clips_match_raw_decoding(videos, tmp_path, views, options):
     root, list_file = videos
     out = tmp_path / "prep"
-    res = prepare_list(list_file, root, out, short_side=128, chroma=chroma)
+    res = prepare_list(list_file, root, out, short_side=128, **options)
     assert res.prepared == 2 and not res.failed and res.manifest_written and is_prepared(out)
-    assert json.loads((out / "prepared.json").read_text())["chroma"] == chroma
-    with open_reader(prepared_path(out, "big.mp4")) as r:
+    manifest = json.loads((out / "prepared.json").read_text())
+    assert {k: manifest.get(k, "jpeg") for k in options} == options
+    codec = options.get("codec", "jpeg")
+    with open_reader(prepared_path(out, "big.mp4", codec)) as r:
         assert (r.height, r.width) == (128, 166)  # short side brought down to 128
     items = [("a/small.mp4", 0), ("big.mp4", 1)]
     unit = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # no normalisation: clips in [0, 1] pixel units
     kw = dict(num_frames=8, train=False, input_size=112, hflip=False, views=views, stats=unit)
     raw_ds, prep_ds = VideoDataset(items, root, **kw), VideoDataset(items, out, **kw)
-    assert prep_ds.prepared and not raw_ds.prepared
+    assert prep_ds.codec == codec and not raw_ds.prepared
     for i in range(2):
         a, b = raw_ds[i], prep_ds[i]
         assert a["video"].shape == b["video"].shape and b["skipped"] == 0
@@ -99,12 +121,14 @@ def test_training_clips_from_prepared_data(videos, tmp_path):
     assert tuple(sample["video"].shape) == (4, 3, 64, 64) and sample["label"] == 1
 
 
-def test_corrupt_video_is_listed_and_replaced(videos, tmp_path, msta_cli):
+@pytest.mark.parametrize("codec", ["jpeg", "raw"])
+def test_corrupt_video_is_listed_and_replaced(videos, tmp_path, msta_cli, codec):
     root, _ = videos
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00 ftypisom" + os.urandom(2000))
     list_file = _write_list(root, ["a/small.mp4 0", "broken.mp4 1", "missing.mp4 1", "big.mp4 1"])
     out = tmp_path / "prep"
-    res = msta_cli(["data", "prepare", "--list", list_file, "--root", root, "--out", out, "--workers", "2"])
+    res = msta_cli(["data", "prepare", "--list", list_file, "--root", root, "--out", out, "--workers", "2",
+                    "--codec", codec])  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "2 videos prepared" in res.stdout and "2 unreadable" in res.stdout
     manifest = json.loads((out / "prepared.json").read_text())
@@ -113,8 +137,10 @@ def test_corrupt_video_is_listed_and_replaced(videos, tmp_path, msta_cli):
     assert "broken.mp4" in report and "missing.mp4" in report
     ds = VideoDataset([("broken.mp4", 1)] + [("big.mp4", 1)] * 3, out, 4, False, 64, hflip=False)
     assert ds[0]["skipped"] >= 1 and ds[0]["source"] != 0
+    assert ds[1]["skipped"] == 0 and ds.path_of(1) == prepared_path(out, "big.mp4", codec)
+    assert ds.path_of(1).is_file()
     with pytest.raises(VideoReadError):
-        open_reader(prepared_path(out, "broken.mp4"))
+        open_reader(prepared_path(out, "broken.mp4", codec))
     check = msta_cli(["data", "check", "--list", list_file, "--root", out, "--json"])
     assert check.returncode == 1
     found = json.loads(check.stdout)
@@ -143,6 +169,17 @@ def test_bad_chroma_is_a_user_error(videos, tmp_path, msta_cli):
     res = msta_cli(["data", "prepare", "--list", list_file, "--root", root, "--out", out, "--chroma", "422"])
     assert res.returncode == 2 and res.stderr.startswith("error: chroma must be one of 444, 420")
     assert not out.exists()
+
+
+def test_bad_codec_and_mixed_codecs_are_user_errors(videos, tmp_path, msta_cli):
+    root, list_file = videos
+    out = tmp_path / "prep"
+    res = msta_cli(["data", "prepare", "--list", list_file, "--root", root, "--out", out, "--codec", "png"])
+    assert res.returncode == 2 and res.stderr.startswith("error: codec must be one of jpeg, raw")
+    prepare_list(list_file, root, out, codec="raw")
+    with pytest.raises(DataError, match="holds frames stored with codec raw, not jpeg"):
+        prepare_list(list_file, root, out)
+    assert not list(out.glob("videos/**/*.jpgs"))
 
 
 def test_bad_shard_is_a_user_error(videos, tmp_path, msta_cli):
@@ -191,10 +228,12 @@ def test_killed_prepare_leaves_nothing_valid_half_written_and_a_rerun_finishes(t
 def test_bench_json(videos, tmp_path, msta_cli):
     root, list_file = videos
     prepare_list(list_file, root, tmp_path / "prep")
-    for where, prepared in ((tmp_path / "prep", True), (root, False)):
+    prepare_list(list_file, root, tmp_path / "raw-prep", codec="raw")
+    for where, codec in ((tmp_path / "prep", "jpeg"), (tmp_path / "raw-prep", "raw"), (root, None)):
         res = msta_cli(["data", "bench", "--list", list_file, "--root", where, "--clips", "3",
                         "--workers", "0", "--size", "32", "--frames", "2", "--json"])  # fmt: skip
         assert res.returncode == 0, res.stderr
         out = json.loads(res.stdout)
-        assert out["clips_per_s"] > 0 and out["clips"] == 3 and out["prepared"] is prepared
+        assert out["clips_per_s"] > 0 and out["clips"] == 3 and out["prepared"] is (codec is not None)
+        assert out["codec"] == codec
         assert {"seconds", "workers", "batch_size", "frames", "input_size"} <= set(out)
