@@ -167,6 +167,7 @@ def loader_batches(args, model, device) -> Iterator[tuple]:
         num_workers=args.workers,
         drop_last=True,
         pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,  # workers start once, not at every pass over the list
     )
     while True:
         for batch in loader:
