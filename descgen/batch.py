@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from descgen.backends import Response, scrub_secrets
+from descgen.backends.ratelimit import CHARS_PER_TOKEN, text_tokens
 from descgen.datasets import ClassList
 from descgen.errors import DescgenError
 from descgen.plan import Plan
@@ -575,21 +576,17 @@ def batch_status(cache: str | Path, options: dict[str, Any] | None) -> tuple[lis
 # ---------------------------------------------------------------------- estimates
 
 
-CHARS_PER_TOKEN = 4  # a plain estimate: about four characters per token for English text
 MESSAGE_OVERHEAD_TOKENS = 4
 JSON_OVERHEAD_TOKENS = 4  # per phrase: quotes, comma and spacing
-
-
-def _tokens(chars: int) -> int:
-    return -(-chars // CHARS_PER_TOKEN)
 
 
 def estimate(p: Plan, pricing_path: str | Path | None = None) -> dict[str, Any]:
     """Tokens and cost of the plan's requests before anything is sent (one attempt each).
 
-    Prompt tokens: the characters of the rendered messages and of the response schema, divided by
-    four, plus a few tokens per message. Completion tokens: at most 2*N phrases of the prompt's
-    maximum length with their JSON punctuation, and never more than max_tokens.
+    Prompt tokens: the characters of the rendered messages and of the response schema, counted by
+    :func:`descgen.backends.ratelimit.text_tokens` (the estimate the online requests are paced by),
+    plus a few tokens per message. Completion tokens: at most 2*N phrases of the prompt's maximum
+    length with their JSON punctuation, and never more than max_tokens.
     """
     from descgen.generate import plan_messages
 
@@ -597,8 +594,8 @@ def estimate(p: Plan, pricing_path: str | Path | None = None) -> dict[str, Any]:
     prompt_tokens = 0
     for msgs in plan_messages(p).values():
         chars = sum(len(m.get("content", "")) for m in msgs) + schema_chars
-        prompt_tokens += _tokens(chars) + MESSAGE_OVERHEAD_TOKENS * len(msgs)
-    per_answer = 2 * p.n * (_tokens(p.prompt.max_chars) + JSON_OVERHEAD_TOKENS) + 8
+        prompt_tokens += text_tokens(chars) + MESSAGE_OVERHEAD_TOKENS * len(msgs)
+    per_answer = 2 * p.n * (text_tokens(p.prompt.max_chars) + JSON_OVERHEAD_TOKENS) + 8
     completion_tokens = len(p.to_send) * min(int(p.params["max_tokens"]), per_answer)
     table = load_price_table(pricing_path)
     tokens = (prompt_tokens, completion_tokens)
@@ -625,7 +622,7 @@ def estimate_lines(e: dict[str, Any]) -> list[str]:
 
     return [
         f"estimate  {e['prompt_tokens']} prompt + up to {e['completion_tokens_max']} completion tokens "
-        f"(about 4 characters per token)",
+        f"(about {CHARS_PER_TOKEN} characters per token)",
         f"cost      online {usd(e['cost_usd'])}, batch {usd(e['batch_cost_usd'])} "
         f"(batch price x{e['batch_discount']:g}; one attempt per request, retries not included)",
     ]

@@ -15,16 +15,10 @@ from pathlib import Path
 
 import typer
 
+from descgen.cli_options import CacheOpt, ClassesOpt, DataDirOpt
 from descgen.datasets import ClassListError
 from descgen.errors import DescgenError
 
-CacheOpt = typer.Option("cache/descriptions.db", "--cache", envvar="DESCGEN_CACHE", help="SQLite cache file.")
-DataDirOpt = typer.Option(
-    None, "--data-dir", help="Data directory with labels/{dataset}.csv (default $MSTA_DATA_DIR or ./data)."
-)
-ClassesOpt = typer.Option(
-    None, "--classes", help="Class list file (id,name CSV, one name per line, classInd.txt, labels.json)."
-)
 SetOpt = typer.Option(None, "--set", help="Description set id (a unique prefix is enough).")
 
 

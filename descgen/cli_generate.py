@@ -14,12 +14,6 @@ _O = typer.Option
 DatasetOpt = _O(
     None, "--dataset", help="Built-in dataset (k400 k600 hmdb51 ucf101 ssv2), or the name of --classes."
 )
-ClassesOpt = _O(
-    None, "--classes", help="Class list file: id,name CSV, one name per line, classInd.txt or labels.json."
-)
-DataDirOpt = _O(
-    None, "--data-dir", help="Data directory with labels/{dataset}.csv [env MSTA_DATA_DIR, default ./data]."
-)
 PromptOpt = _O(
     None, "--prompt", help="Shipped prompt name or path to a .toml prompt file [default msta-general-v1]."
 )
@@ -44,8 +38,8 @@ BatchFileOpt = _O(
 
 def generate(
     dataset: str | None = DatasetOpt,
-    classes: Path | None = ClassesOpt,
-    data_dir: Path | None = DataDirOpt,
+    classes: Path | None = shared.ClassesOpt,
+    data_dir: Path | None = shared.DataDirOpt,
     cache: Path = shared.CacheOpt,
     prompt: str | None = PromptOpt,
     n: int = NOpt,
@@ -137,9 +131,7 @@ def _batch(p, options: dict, wait: bool, batch_file: Path | None) -> None:
 
 
 def datasets_cmd(
-    data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="Data directory [env MSTA_DATA_DIR, default ./data]."
-    ),
+    data_dir: Path | None = shared.DataDirOpt,
 ) -> None:
     """List the built-in datasets and whether each is found in the data directory."""
     from descgen.datasets import ClassListError, builtin_status, load_class_list, resolve_data_dir
@@ -168,8 +160,8 @@ def prompts_show(
     name: str = typer.Argument(
         ..., help="Prompt name, file stem, path to a .toml file, or (with --cache) a fingerprint."
     ),
-    cache: Path | None = typer.Option(
-        None, "--cache", help="Also look the prompt up by fingerprint prefix in this cache."
+    cache: Path | None = shared.optional_cache_opt(
+        "Also look the prompt up by fingerprint prefix in this cache."
     ),
 ) -> None:
     """Show a prompt's canonical content and fingerprint."""
@@ -205,8 +197,8 @@ def _stored_prompt(cache: Path, prefix: str, not_found: Exception):
 def prompts_diff(
     a: str = typer.Argument(..., help="First prompt (name, stem or path)."),
     b: str = typer.Argument(..., help="Second prompt (name, stem or path)."),
-    cache: Path | None = typer.Option(
-        None, "--cache", help="Also count the classes each version produced in this cache."
+    cache: Path | None = shared.optional_cache_opt(
+        "Also count the classes each version produced in this cache."
     ),
 ) -> None:
     """Unified diff of two prompt versions (and, with --cache, what each produced)."""

@@ -1,13 +1,29 @@
-"""Typer options that ``generate`` and the ``batch`` commands share, declared once."""
+"""Typer options that several descgen commands share, declared once.
+
+Every command that takes ``--cache`` reads ``$DESCGEN_CACHE`` when the option is not given.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+from typer.models import OptionInfo
 
 _O = typer.Option
-CacheOpt = _O(Path("cache/descriptions.db"), "--cache", help="SQLite cache file.")
+CACHE_ENV = "DESCGEN_CACHE"
+CacheOpt = _O("cache/descriptions.db", "--cache", envvar=CACHE_ENV, help="SQLite cache file.")
+
+
+def optional_cache_opt(help_text: str) -> OptionInfo:
+    """``--cache`` for commands that use a cache only when one is named (option or $DESCGEN_CACHE)."""
+    return _O(None, "--cache", envvar=CACHE_ENV, help=help_text)
+
+
+ClassesOpt = _O(
+    None, "--classes", help="Class list file (id,name CSV, one name per line, classInd.txt, labels.json)."
+)
+DataDirOpt = _O(
+    None, "--data-dir", help="Data directory with labels/{dataset}.csv (default $MSTA_DATA_DIR or ./data)."
+)
 BaseUrlOpt = _O(
     None,
     "--base-url",

@@ -46,11 +46,12 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from descgen.errors import DescgenError
+
+if TYPE_CHECKING:  # imported at the first write only: it imports numpy, which reading does not need
+    import sqlite_utils
 
 KINDS = ("spatial", "temporal")
 MIN_READABLE_VERSION = 1  # readers accept caches from this schema version up to SCHEMA_VERSION
@@ -374,6 +375,7 @@ class Store:
         self.path = Path(path).expanduser()
         self.readonly = readonly
         self.conn: sqlite3.Connection | None = None
+        self._db: sqlite_utils.Database | None = None
         self.writable = False
         if readonly or not create:
             _require_file(self.path)
@@ -390,8 +392,26 @@ class Store:
 
     def _attach(self, conn: sqlite3.Connection, writable: bool) -> None:
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
+        self._db = None
         self.writable = writable
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the open connection, for writing (reads go through :meth:`_query`)."""
+        if self._db is None:  # reset whenever the connection is replaced (_attach)
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict]:
+        """The rows of a SELECT as dicts (column name -> value)."""
+        cursor = self.conn.execute(sql, params)
+        keys = [d[0] for d in cursor.description]
+        return [dict(zip(keys, row, strict=True)) for row in cursor]
+
+    def _table_names(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
 
     def _open_reader(self) -> int:
         """Open read-only (no WAL switch, no schema); return the schema version."""
@@ -469,9 +489,9 @@ class Store:
         return _read_version(self.conn, self.path)
 
     def applied_migrations(self) -> list[dict]:
-        if "migrations" not in self.db.table_names():
+        if "migrations" not in self._table_names():
             return []
-        return list(self.db.query("SELECT * FROM migrations ORDER BY version"))
+        return list(self._query("SELECT * FROM migrations ORDER BY version"))
 
     def _migrate(self, version: int) -> None:
         for step in MIGRATIONS:
@@ -537,11 +557,11 @@ class Store:
             )
 
     def get_prompt(self, fingerprint: str) -> dict | None:
-        rows = list(self.db.query("SELECT * FROM prompts WHERE fingerprint = ?", [fingerprint]))
+        rows = list(self._query("SELECT * FROM prompts WHERE fingerprint = ?", [fingerprint]))
         return rows[0] if rows else None
 
     def list_prompts(self) -> list[dict]:
-        return list(self.db.query("SELECT * FROM prompts ORDER BY created_at"))
+        return list(self._query("SELECT * FROM prompts ORDER BY created_at"))
 
     # ------------------------------------------------------------------ sets
     def ensure_set(
@@ -579,11 +599,11 @@ class Store:
         )
 
     def get_set(self, set_id: str) -> DescriptionSet | None:
-        rows = list(self.db.query("SELECT * FROM sets WHERE id = ?", [set_id]))
+        rows = list(self._query("SELECT * FROM sets WHERE id = ?", [set_id]))
         return self._set_from_row(rows[0]) if rows else None
 
     def find_sets(self, set_id_prefix: str) -> list[DescriptionSet]:
-        rows = self.db.query("SELECT * FROM sets WHERE id LIKE ? ORDER BY created_at", [set_id_prefix + "%"])
+        rows = self._query("SELECT * FROM sets WHERE id LIKE ? ORDER BY created_at", [set_id_prefix + "%"])
         return [self._set_from_row(r) for r in rows]
 
     def list_sets(
@@ -608,12 +628,12 @@ class Store:
             sql += " AND prompt_fp LIKE ?"
             args.append(prompt_fp_prefix + "%")
         sql += " ORDER BY created_at"
-        return [self._set_from_row(r) for r in self.db.query(sql, args)]
+        return [self._set_from_row(r) for r in self._query(sql, args)]
 
     # ------------------------------------------------------------------ generations
     def completed_classes(self, set_id: str) -> set[str]:
         """Classes of a set that have their validated descriptions stored."""
-        rows = self.db.query(
+        rows = self._query(
             "SELECT DISTINCT class_name FROM generations WHERE set_id = ? AND status = 'ok'", [set_id]
         )
         return {r["class_name"] for r in rows}
@@ -743,12 +763,12 @@ class Store:
             sql += " AND status = ?"
             args.append(status)
         sql += " ORDER BY id"
-        return list(self.db.query(sql, args))
+        return list(self._query(sql, args))
 
     def count_rows(self, table: str) -> int:
         if table not in ("prompts", "sets", "generations", "descriptions", "encoders", "embeddings"):
             raise ValueError(table)
-        return self.db[table].count
+        return self.conn.execute(f"SELECT COUNT(*) FROM [{table}]").fetchone()[0]
 
     # ------------------------------------------------------------------ descriptions
     def descriptions(
@@ -756,7 +776,7 @@ class Store:
     ) -> dict[str, dict[str, list]]:
         """{class name: {"spatial": [text...], "temporal": [text...]}} in index order."""
         out: dict[str, dict[str, list]] = {}
-        rows = self.db.query(
+        rows = self._query(
             "SELECT class_name, kind, idx, text FROM descriptions WHERE set_id = ? "
             "ORDER BY class_name, kind, idx",
             [set_id],
@@ -775,16 +795,16 @@ class Store:
             sql += " AND class_name = ?"
             args.append(class_name)
         sql += " ORDER BY class_name, kind, idx"
-        return list(self.db.query(sql, args))
+        return list(self._query(sql, args))
 
     def all_description_texts(self, set_ids: Iterable[str] | None = None) -> list[tuple[str, str]]:
         """Distinct (text_hash, text) of descriptions, optionally limited to some sets."""
         if set_ids is None:
-            rows = self.db.query("SELECT DISTINCT text_hash, text FROM descriptions ORDER BY text_hash")
+            rows = self._query("SELECT DISTINCT text_hash, text FROM descriptions ORDER BY text_hash")
         else:
             ids = list(set_ids)
             marks = ", ".join("?" for _ in ids) or "NULL"
-            rows = self.db.query(
+            rows = self._query(
                 f"SELECT DISTINCT text_hash, text FROM descriptions WHERE set_id IN ({marks}) ORDER BY text_hash",
                 ids,
             )
@@ -821,11 +841,11 @@ class Store:
             )
 
     def get_encoder(self, fingerprint: str) -> dict | None:
-        rows = list(self.db.query("SELECT * FROM encoders WHERE fingerprint = ?", [fingerprint]))
+        rows = list(self._query("SELECT * FROM encoders WHERE fingerprint = ?", [fingerprint]))
         return rows[0] if rows else None
 
     def list_encoders(self) -> list[dict]:
-        return list(self.db.query("SELECT * FROM encoders ORDER BY created_at"))
+        return list(self._query("SELECT * FROM encoders ORDER BY created_at"))
 
     def texts_missing_embeddings(
         self, encoder_fp: str, set_ids: Iterable[str] | None = None
@@ -842,7 +862,7 @@ class Store:
             sql += f" AND d.set_id IN ({', '.join('?' for _ in ids) or 'NULL'})"
             args += ids
         sql += " ORDER BY d.text_hash"
-        return [(r["text_hash"], r["text"]) for r in self.db.query(sql, args)]
+        return [(r["text_hash"], r["text"]) for r in self._query(sql, args)]
 
     def put_embeddings(self, encoder_fp: str, rows: Iterable[dict]) -> int:
         """Insert embeddings (dicts with text_hash, vector bytes, dim, n_tokens, truncated) atomically."""
@@ -877,7 +897,7 @@ class Store:
         for start in range(0, len(hashes), 500):
             chunk = hashes[start : start + 500]
             marks = ", ".join("?" for _ in chunk)
-            for r in self.db.query(
+            for r in self._query(
                 f"SELECT * FROM embeddings WHERE encoder_fp = ? AND text_hash IN ({marks})",
                 [encoder_fp, *chunk],
             ):
@@ -886,7 +906,7 @@ class Store:
 
     def embedding_rows_for_text(self, text_hash_: str) -> list[dict]:
         return list(
-            self.db.query(
+            self._query(
                 "SELECT e.*, c.model_name, c.pretrained, c.random_weights FROM embeddings e "
                 "JOIN encoders c ON c.fingerprint = e.encoder_fp WHERE e.text_hash = ?",
                 [text_hash_],
@@ -913,12 +933,12 @@ class Store:
             self.db["batches"].update(batch_id, {**fields, "updated_at": _now()})
 
     def _has_batches(self) -> bool:
-        return "batches" in self.db.table_names()
+        return "batches" in self._table_names()
 
     def get_batch(self, batch_id: str) -> dict | None:
         if not self._has_batches():
             return None
-        rows = list(self.db.query("SELECT * FROM batches WHERE id = ?", [batch_id]))
+        rows = list(self._query("SELECT * FROM batches WHERE id = ?", [batch_id]))
         return rows[0] if rows else None
 
     def list_batches(self, uncollected: bool = False) -> list[dict]:
@@ -927,18 +947,18 @@ class Store:
         sql = "SELECT * FROM batches"
         if uncollected:
             sql += " WHERE collected_at IS NULL"
-        return list(self.db.query(sql + " ORDER BY created_at, id"))
+        return list(self._query(sql + " ORDER BY created_at, id"))
 
     def batch_requests(self, batch_id: str) -> dict[str, dict]:
         """{custom_id: request row} of a batch."""
-        rows = self.db.query("SELECT * FROM batch_requests WHERE batch_id = ?", [batch_id])
+        rows = self._query("SELECT * FROM batch_requests WHERE batch_id = ?", [batch_id])
         return {r["custom_id"]: r for r in rows}
 
     def batches_of_request(self, custom_id: str) -> list[str]:
         """The batches (newest first) that hold a request with this custom id."""
         if not self._has_batches():
             return []
-        rows = self.db.query(
+        rows = self._query(
             "SELECT r.batch_id FROM batch_requests r JOIN batches b ON b.id = r.batch_id "
             "WHERE r.custom_id = ? ORDER BY b.created_at DESC",
             [custom_id],
@@ -947,12 +967,12 @@ class Store:
 
     def stored_batch_lines(self, batch_id: str) -> dict[str, str]:
         """{custom id: status} of the lines of a batch stored already."""
-        rows = self.db.query("SELECT custom_id, status FROM generations WHERE batch_id = ?", [batch_id])
+        rows = self._query("SELECT custom_id, status FROM generations WHERE batch_id = ?", [batch_id])
         return {r["custom_id"]: r["status"] for r in rows}
 
     def invalid_counts(self, set_id: str) -> dict[str, int]:
         """{class name: invalid answers stored} of a set."""
-        rows = self.db.query(
+        rows = self._query(
             "SELECT class_name, COUNT(*) AS n FROM generations WHERE set_id = ? AND status = 'invalid' "
             "GROUP BY class_name",
             [set_id],
@@ -963,7 +983,7 @@ class Store:
     def usage(self) -> list[dict]:
         """Requests, tokens and failures per backend and model."""
         return list(
-            self.db.query(
+            self._query(
                 "SELECT backend, model, COUNT(*) AS requests, "
                 "SUM(CASE WHEN status = 'ok' OR status = 'superseded' THEN 1 ELSE 0 END) AS ok, "
                 "SUM(CASE WHEN status = 'invalid' THEN 1 ELSE 0 END) AS invalid, "
@@ -977,10 +997,10 @@ class Store:
 
     def batch_usage(self) -> list[dict]:
         """Tokens of the answers that came through a batch, per backend and model (batch prices apply)."""
-        if "batch_id" not in self.db["generations"].columns_dict:
+        if "batch_id" not in {r[1] for r in self.conn.execute("PRAGMA table_info(generations)")}:
             return []
         return list(
-            self.db.query(
+            self._query(
                 "SELECT backend, model, COUNT(*) AS requests, "
                 "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
                 "COALESCE(SUM(completion_tokens), 0) AS completion_tokens "
@@ -990,7 +1010,7 @@ class Store:
 
     def failures_by_reason(self) -> list[dict]:
         return list(
-            self.db.query(
+            self._query(
                 "SELECT backend, model, status, error, COUNT(*) AS count FROM generations "
                 "WHERE status IN ('invalid', 'error') GROUP BY backend, model, status, error "
                 "ORDER BY count DESC"
@@ -1001,7 +1021,7 @@ class Store:
     def encoders_for_set(self, set_id: str) -> list[dict]:
         """Encoders that have embeddings for descriptions of a set, with how many texts each covers."""
         return list(
-            self.db.query(
+            self._query(
                 "SELECT c.*, COUNT(DISTINCT e.text_hash) AS texts FROM descriptions d "
                 "JOIN embeddings e ON e.text_hash = d.text_hash "
                 "JOIN encoders c ON c.fingerprint = e.encoder_fp "

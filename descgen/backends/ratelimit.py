@@ -181,8 +181,16 @@ class Pacer:
                     b.level = min(b.level, 0.0)
 
 
+CHARS_PER_TOKEN = 4  # a plain estimate: about four characters per token for English text
+
+
+def text_tokens(chars: int) -> int:
+    """Tokens of a text of ``chars`` characters, estimated (rounded up, so any text counts)."""
+    return -(-chars // CHARS_PER_TOKEN)
+
+
 def estimate_tokens(messages: list[dict[str, Any]], max_tokens: int | None) -> int:
-    """What a server counts against the token budget: the prompt (about 4 characters a token)
-    and the most the answer may take."""
+    """What a server counts against the token budget: the prompt (:func:`text_tokens` of its
+    characters) and the most the answer may take."""
     chars = sum(len(str(m.get("content", ""))) for m in messages)
-    return chars // 4 + 1 + int(max_tokens or 0)
+    return text_tokens(chars) + int(max_tokens or 0)

@@ -45,3 +45,25 @@ def test_module_entry_points() -> None:
             [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60
         )
         assert r.returncode == 0 and "generate" in r.stdout and "audit" in r.stdout, r.stderr
+
+
+def test_commands_with_cache_read_descgen_cache(tmp_path: Path, descgen_process) -> None:
+    """``generate`` and ``batch status`` take their cache from $DESCGEN_CACHE like the audit commands."""
+    import json
+
+    from descgen.store import Store
+
+    db = tmp_path / "from-env.db"
+    Store(db).close()  # a real, empty cache
+    env = {"DESCGEN_CACHE": str(db)}
+    r = descgen_process("batch", "status", env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout == f"no batches in {db}\n", r.output
+    classes = tmp_path / "toy.txt"
+    classes.write_text("a\nb\n")
+    args = ["generate", "--classes", str(classes), "--model", "fake-model", "--dry-run", "--json"]
+    r = descgen_process(*args, env=env, timeout=120)
+    assert r.returncode == 0, r.output
+    plan = json.loads(r.stdout)
+    assert plan["cache"] == str(db) and plan["cache_exists"] and plan["to_send"] == 2
+    r = descgen_process(*args, "--cache", str(tmp_path / "given.db"), env=env, timeout=120)
+    assert json.loads(r.stdout)["cache"] == str(tmp_path / "given.db")  # the option wins

@@ -8,7 +8,14 @@ from contextlib import contextmanager
 
 import pytest
 
-from descgen.backends.ratelimit import Pacer, parse_duration, read_budgets
+from descgen.backends.ratelimit import (
+    CHARS_PER_TOKEN,
+    Pacer,
+    estimate_tokens,
+    parse_duration,
+    read_budgets,
+    text_tokens,
+)
 from descgen.generate import generate
 from tests.descgen.fake_ratelimit import RateLimitedOpenAI, format_duration
 from tests.descgen_helpers import serve_with_key, write_classes
@@ -66,6 +73,15 @@ def _headers(limit: int, remaining: int, reset: str) -> dict[str, str]:
         "x-ratelimit-remaining-requests": str(remaining),
         "x-ratelimit-reset-requests": reset,
     }
+
+
+def test_token_estimate_rounds_characters_up():
+    assert [text_tokens(c) for c in (0, 1, CHARS_PER_TOKEN, CHARS_PER_TOKEN + 1)] == [0, 1, 1, 2]
+    messages = [
+        {"role": "system", "content": "x" * CHARS_PER_TOKEN},
+        {"role": "user", "content": "y" * CHARS_PER_TOKEN},
+    ]
+    assert estimate_tokens(messages, 100) == 2 + 100 and estimate_tokens(messages, None) == 2
 
 
 def test_pacer_spreads_requests_at_the_reported_rate():

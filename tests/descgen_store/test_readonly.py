@@ -132,3 +132,23 @@ def test_training_api_reads_a_read_only_cache_when_everything_is_encoded(
     with Store(cache, create=False) as st:  # writable again: the missing one is encoded
         assert encode_missing(st, encoder, [set_.id], progress=False) == 1
     assert os.access(cache, os.W_OK)
+
+
+def test_reading_commands_import_neither_sqlite_utils_nor_numpy(cache: Path, tmp_path: Path) -> None:
+    """sqlite-utils (which imports numpy) is loaded only to write; reading commands start without it
+    (audit is left out: its too_long check loads the open_clip tokenizer, and with it torch)."""
+    import subprocess
+    import sys
+
+    commands = [_reading(cmd, cache, tmp_path) for cmd in READ_COMMANDS if cmd[0] != "audit"]
+    commands.append(["batch", "status", "--cache", str(cache)])
+    code = (
+        "import sys\nfrom descgen.cli import app\n"
+        f"for args in {commands!r}:\n"
+        "    app(args, standalone_mode=False)\n"
+        "print(sorted(m for m in ('numpy', 'sqlite_utils') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "[]", r.stdout
+    assert (tmp_path / "out.json").exists()
