@@ -160,8 +160,8 @@ def prompts_show(
     name: str = typer.Argument(
         ..., help="Prompt name, file stem, path to a .toml file, or (with --cache) a fingerprint."
     ),
-    cache: Path | None = shared.optional_cache_opt(
-        "Also look the prompt up by fingerprint prefix in this cache."
+    cache: Path | None = typer.Option(
+        None, "--cache", help="Also look the prompt up by fingerprint prefix in this cache."
     ),
 ) -> None:
     """Show a prompt's canonical content and fingerprint."""
@@ -197,8 +197,8 @@ def _stored_prompt(cache: Path, prefix: str, not_found: Exception):
 def prompts_diff(
     a: str = typer.Argument(..., help="First prompt (name, stem or path)."),
     b: str = typer.Argument(..., help="Second prompt (name, stem or path)."),
-    cache: Path | None = shared.optional_cache_opt(
-        "Also count the classes each version produced in this cache."
+    cache: Path | None = typer.Option(
+        None, "--cache", help="Also count the classes each version produced in this cache."
     ),
 ) -> None:
     """Unified diff of two prompt versions (and, with --cache, what each produced)."""

@@ -1,21 +1,16 @@
 """Typer options that several descgen commands share, declared once.
 
-Every command that takes ``--cache`` reads ``$DESCGEN_CACHE`` when the option is not given.
+Every command that needs a cache reads ``$DESCGEN_CACHE`` when ``--cache`` is not given (``prompts show``
+and ``prompts diff``, for which a cache is an optional extra, read one only when ``--cache`` names it).
 """
 
 from __future__ import annotations
 
 import typer
-from typer.models import OptionInfo
 
 _O = typer.Option
 CACHE_ENV = "DESCGEN_CACHE"
 CacheOpt = _O("cache/descriptions.db", "--cache", envvar=CACHE_ENV, help="SQLite cache file.")
-
-
-def optional_cache_opt(help_text: str) -> OptionInfo:
-    """``--cache`` for commands that use a cache only when one is named (option or $DESCGEN_CACHE)."""
-    return _O(None, "--cache", envvar=CACHE_ENV, help=help_text)
 
 
 ClassesOpt = _O(
