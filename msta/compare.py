@@ -19,6 +19,7 @@ from typing import Any
 from descgen.fileio import OutputPathError, write_text_atomic
 from msta.classifier import ClassifierSpec, choose_set, class_weights, open_store
 from msta.config import load_config
+from msta.evaluate import prediction_rows, summarize, view_scores
 from msta.run import (
     TrainError,
     autocast,
@@ -57,10 +58,11 @@ def compare(
     device = pick_device(cfg.run.device)
     model = build_seeded_model(cfg).to(device).eval()
     feats, labels = video_features(model, cfg, items, root, parse_views(views), device)
-    results: dict[str, Any] = {BASELINE: _score(model, feats, labels, names, ClassifierSpec())}
+    precision = cfg.run.precision
+    results: dict[str, Any] = {BASELINE: _score(model, feats, labels, names, ClassifierSpec(), precision)}
     for sid in set_ids:
         spec = ClassifierSpec("descriptions", cache, sid)
-        res = _score(model, feats, labels, names, spec)
+        res = _score(model, feats, labels, names, spec, precision)
         results[res["classifier"]["set"]] = res
     sets = list(set_ids)
     details = set_details(cache, sets, names, results[sets[0]]["classifier"]["encoder"], pricing)
@@ -103,7 +105,7 @@ def video_features(model, cfg, items, root: str, views: tuple[int, int], device)
     bs = cfg.eval.batch_size or 8
     loader = DataLoader(ds, batch_size=bs, shuffle=False, num_workers=cfg.data.num_workers)
     feats, labels = [], []
-    with torch.no_grad(), autocast(device):
+    with torch.no_grad(), autocast(device, cfg.run.precision):
         for batch in loader:
             video = batch_video(batch, device)
             if video.dim() == 5:
@@ -117,24 +119,20 @@ def video_features(model, cfg, items, root: str, views: tuple[int, int], device)
     return torch.cat(feats), torch.cat(labels)
 
 
-def _score(model, feats, labels, names: Sequence[str], spec: ClassifierSpec) -> dict[str, Any]:
-    """Top-1 and per-class accuracy of one classifier over the encoded videos (the views' softmax
-    summed, as ``msta eval`` scores them)."""
+def _score(
+    model, feats, labels, names: Sequence[str], spec: ClassifierSpec, precision: str
+) -> dict[str, Any]:
+    """One classifier's accuracy over the encoded videos (top-1, top-5, per class), scored and
+    summarised by :mod:`msta.evaluate` as ``msta eval`` does (the views' softmax summed)."""
     import torch
     import torch.nn.functional as F
 
-    with autocast(model.device):
+    with autocast(model.device, precision):
         weights, info = class_weights(model, names, spec)
     w = F.normalize(weights.float().cpu(), dim=-1)
     scale = float(model.logit_scale.detach().float().cpu())
-    probs = (scale * torch.einsum("nvd,cd->nvc", feats, w)).softmax(-1).sum(1)
-    pred = probs.argmax(-1)
-    hits = (pred == labels).tolist()
-    per_class: dict[str, float | None] = {}
-    for ci, name in enumerate(names):
-        mine = [h for h, lab in zip(hits, labels.tolist(), strict=True) if lab == ci]
-        per_class[name] = sum(mine) / len(mine) if mine else None
-    return {"classifier": info, "top1": sum(hits) / len(hits), "per_class": per_class}
+    scores = view_scores(scale * torch.einsum("nvd,cd->nvc", feats, w))
+    return {**summarize(prediction_rows(scores, labels), names, None), "classifier": info}
 
 
 def _summary(res: dict[str, Any]) -> dict[str, Any]:

@@ -109,7 +109,9 @@ class RunCfg(_Section):
     seed: int = 0
     device: str = "auto"
     compile: bool = False
-    precision: Literal["bf16", "fp32"] = "bf16"  # training autocast on CUDA; the CPU always runs fp32
+    # bf16: autocast on CUDA; fp32: no autocast. Training, validation, eval, predict and compare all
+    # follow it (msta.run.autocast); the CPU always runs fp32.
+    precision: Literal["bf16", "fp32"] = "bf16"
     grad_checkpointing: bool = False
     tensorboard: bool = False
     # Training loop (trainer): checkpoint every K optimizer steps (0: at the end of each epoch only),

@@ -4,7 +4,9 @@ The class text features are computed for each evaluated class set, from the clas
 set (``--classifier names``) or from them and their descriptions (``--classifier descriptions``,
 see :mod:`msta.classifier`), right before its videos are scored; nothing is cached across class
 sets. Without a run (``zero-shot``), the backbone of a configuration is scored with its adapters off. Multi-view scores sum
-the softmax over the views (clips x crops) of each video.
+the softmax over the views (clips x crops) of each video. The forward passes run in the precision
+of the configuration (``run.precision``, see :func:`msta.run.autocast`): a run trained in fp32 is
+scored in fp32.
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ def evaluate_split(
     progress: Any = None,
     confusion: bool = True,
     text=None,
+    precision: str = "bf16",
 ) -> dict[str, Any]:
     """Score every video of ``dataset`` against ``names``; the same result on every rank.
-    ``text``: the class weights ``[C, D]`` (default: the class-prompt embeddings of ``names``)."""
+    ``text``: the class weights ``[C, D]`` (default: the class-prompt embeddings of ``names``).
+    ``precision``: the run's ``run.precision`` (see :func:`msta.run.autocast`)."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -69,12 +73,11 @@ def evaluate_split(
     was_training = model.training
     model.eval()
     num_classes = len(names)
-    k = min(5, num_classes)
     rows: list[tuple[int, int, list[int]]] = []  # (index, label, top-k predictions)
     conf = torch.zeros((num_classes, num_classes), dtype=torch.int64)
     skipped = 0
     try:
-        with torch.no_grad(), autocast(env.device):
+        with torch.no_grad(), autocast(env.device, precision):
             if text is None:
                 text = model.encode_class_prompts(list(names))  # recomputed for this class set
             indices = D.shard_indices(len(dataset), env)
@@ -89,10 +92,10 @@ def evaluate_split(
             for batch in loader:
                 labels = batch["label"]
                 scores = _video_scores(model, batch_video(batch, env.device), text)
-                top = scores.topk(k, dim=-1).indices.cpu()
-                for idx, lab, t in zip(batch["index"].tolist(), labels.tolist(), top.tolist(), strict=True):
-                    rows.append((int(idx), int(lab), t))
-                    conf[int(lab), t[0]] += 1
+                new_rows = prediction_rows(scores, labels, batch["index"])
+                for _, lab, t in new_rows:
+                    conf[lab, t[0]] += 1
+                rows += new_rows
                 if "skipped" in batch:
                     skipped += int(torch.as_tensor(batch["skipped"]).sum().item())
                 if progress is not None:
@@ -111,14 +114,31 @@ def _video_scores(model, video, text):
     """Class scores per video; several views ([B, V, T, C, H, W]) sum their softmax."""
     if video.dim() == 6:
         b, v = video.shape[:2]
-        logits = model(video.flatten(0, 1), text).float().view(b, v, -1)
-        return logits.softmax(-1).sum(1)
-    return model(video, text).float().softmax(-1)
+        return view_scores(model(video.flatten(0, 1), text).view(b, v, -1))
+    return view_scores(model(video, text))
+
+
+def view_scores(logits):
+    """Class scores from logits ``[N, C]``, or ``[N, V, C]`` for V views per video: the softmax in
+    fp32, summed over the views."""
+    probs = logits.float().softmax(-1)
+    return probs.sum(1) if probs.dim() == 3 else probs
+
+
+def prediction_rows(scores, labels, indices=None) -> list[tuple[int, int, list[int]]]:
+    """``(index, label, top-k class indices)`` per video of ``scores`` ``[N, C]`` (k = min(5, C);
+    index: ``indices``, else the position), the rows :func:`summarize` reads."""
+    k = min(5, scores.shape[-1])
+    top = scores.topk(k, dim=-1).indices.cpu().tolist()
+    idx = range(len(top)) if indices is None else indices.tolist()
+    return [(int(i), int(lab), t) for i, lab, t in zip(idx, labels.tolist(), top, strict=True)]
 
 
 def summarize(
     rows: list[tuple[int, int, list[int]]], names: Sequence[str], conf, skipped: int = 0
 ) -> dict[str, Any]:
+    """Top-1, top-5 and per-class accuracy of ``rows`` (see :func:`prediction_rows`); ``conf``: the
+    confusion matrix to report, or None."""
     n = len(rows)
     top1 = sum(1 for _, lab, t in rows if t[0] == lab)
     top5 = sum(1 for _, lab, t in rows if lab in t[:5])
@@ -324,10 +344,17 @@ class Scoring:
                 root=sp.root,
                 stats=model.input_stats,
             )
-            with autocast(env.device):
+            with autocast(env.device, cfg.run.precision):
                 text, weights_info = class_weights(model, names, self.classifier)
             res = evaluate_split(
-                model, ds, names, env, batch_size=bs, num_workers=cfg.data.num_workers, text=text
+                model,
+                ds,
+                names,
+                env,
+                batch_size=bs,
+                num_workers=cfg.data.num_workers,
+                text=text,
+                precision=cfg.run.precision,
             )
             res["list"] = expand(sp.list, cfg)
             res["classes"] = list(names)

@@ -112,7 +112,7 @@ def class_probabilities(model, cfg: Config, path: Path, names: Sequence[str], vi
     except DataError as exc:
         raise TrainError(f"cannot read {path}: {exc}") from None
     x = batch_video(sample, device).unsqueeze(0)
-    with torch.no_grad(), autocast(device):
+    with torch.no_grad(), autocast(device, cfg.run.precision):
         text = model.encode_class_prompts(list(names))
         if x.dim() == 6:
             logits = model(x.flatten(0, 1), text).float()

@@ -29,6 +29,7 @@ import yaml
 
 from descgen.fileio import write_text_atomic
 from msta.errors import MstaError
+from msta.run import CONFIG_FILE, SUMMARY_FILE
 
 PUBLISHED_FILE = Path(__file__).resolve().parent / "published.toml"
 SWEEP_FILE = "sweep.json"
@@ -67,10 +68,10 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
     else every run below it (a sweep's output)."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if not p.is_dir() or (p / "config.yaml").is_file() or (p / SWEEP_FILE).is_file():
+        if not p.is_dir() or (p / CONFIG_FILE).is_file() or (p / SWEEP_FILE).is_file():
             out.append(p)
             continue
-        found = sorted({c.parent for c in p.rglob("config.yaml")} | {c.parent for c in p.rglob(SWEEP_FILE)})
+        found = sorted({c.parent for c in p.rglob(CONFIG_FILE)} | {c.parent for c in p.rglob(SWEEP_FILE)})
         out.extend(found or [p])
     return out
 
@@ -86,18 +87,18 @@ def read_run(run_dir: str | Path) -> RunResult:
     """What a run directory holds, reduced to its identity and metrics."""
     d = Path(run_dir)
     meta = _read_json(d / SWEEP_FILE) if (d / SWEEP_FILE).is_file() else {}
-    if not (d / "config.yaml").is_file():
+    if not (d / CONFIG_FILE).is_file():
         res = RunResult(str(d), "unfinished" if meta else "missing")
         _apply_meta(res, meta)
         return res
-    cfg = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
+    cfg = yaml.safe_load((d / CONFIG_FILE).read_text(encoding="utf-8")) or {}
     evals = [_read_json(p) for p in sorted(d.glob("eval_*.json"), key=lambda p: p.stat().st_mtime)]
     res = RunResult(
         str(d), "done", key=config_key(cfg), backbone=str(cfg.get("model", {}).get("backbone", ""))
     )
     res.protocol, res.dataset, res.shots, res.seed = infer_identity(cfg, evals)
     _apply_meta(res, meta)
-    if not (d / "train_summary.json").is_file():
+    if not (d / SUMMARY_FILE).is_file():
         res.status = "unfinished"
     elif not evals:
         res.status = "not evaluated"

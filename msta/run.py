@@ -261,11 +261,14 @@ class RunLock:
             self.fd = None
 
 
-def autocast(device):
-    """bf16 autocast on CUDA; plain fp32 elsewhere."""
+def autocast(device, precision: str):
+    """The context a run's forward passes execute in, from the device and ``run.precision``: bf16
+    autocast on CUDA when the precision is ``bf16``; a null context (plain fp32) for ``fp32`` and
+    on every other device. Training, evaluation, prediction and comparison all use it, so a run is
+    scored in the precision it trains in."""
     import torch
 
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda" and precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -43,6 +43,7 @@ import yaml
 from descgen.fileio import write_text_atomic
 from msta.errors import MstaError
 from msta.report import SWEEP_FILE
+from msta.run import SUMMARY_FILE
 
 PLANS_DIR = Path(__file__).resolve().parent / "plans"
 _SLOT = re.compile(r"(?<!\$)\{(protocol|dataset|shots|seed)\}")
@@ -171,7 +172,7 @@ def run_state(run: PlannedRun) -> str:
                 return "done"
         except ValueError:
             pass
-    if (d / "train_summary.json").is_file():
+    if (d / SUMMARY_FILE).is_file():
         return "evaluate"
     if (d / "checkpoints" / "last.json").is_file():
         return "resume"

@@ -1,7 +1,8 @@
 """The MSTA training recipe: one readable loop for one process or many (``torchrun``).
 
 * AdamW over the trainable (adapter) parameters only, per-step linear warm-up then cosine decay to
-  ``lr * min_lr_ratio``, gradient accumulation, bf16 autocast on CUDA (fp32 on the CPU), optional
+  ``lr * min_lr_ratio``, gradient accumulation, bf16 autocast on CUDA with ``run.precision: bf16``
+  (fp32 with ``fp32`` and on the CPU; validation runs in the same precision), optional
   ``torch.compile`` of the model's forward pass and gradient checkpointing.
 * Under ``torchrun`` every rank sees its share of each global batch (see
   :class:`msta.distributed.ShardedOrder`); gradients are averaged in one all-reduce per optimizer
@@ -693,8 +694,7 @@ class TrainRecipe:
         env, model, accum = self.env, self.model, self.cfg.optim.accum_steps
         video = batch_video(batch, env.device)
         labels = batch["label"].to(env.device, non_blocking=True)
-        precision = autocast(env.device) if self.cfg.run.precision == "bf16" else contextlib.nullcontext()
-        with precision:
+        with autocast(env.device, self.cfg.run.precision):
             text = model.encode_class_prompts(self.names)
             logits = self.forward(video, text)
             loss, parts = msta_loss(
@@ -763,6 +763,7 @@ class TrainRecipe:
             self.env,
             batch_size=self.eval_bs,
             num_workers=cfg.data.num_workers,
+            precision=cfg.run.precision,
         )
         self.last_val = {"epoch": state.epoch, "top1": res["top1"], "top5": res["top5"]}
         self.metrics.write({"type": "val", "global_step": state.global_step, **self.last_val})

@@ -3,7 +3,10 @@ numbers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+
+import pytest
 
 from tests.msta_train import class_list
 
@@ -65,6 +68,26 @@ def test_compare_matches_eval_with_descriptions(synth, two_sets, tmp_path, msta_
     val = json.loads(ev.stdout)["splits"]["val"]
     assert abs(val["top1"] - got["top1"]) < 1e-9
     assert val["per_class"] == got["per_class"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compare_runs_in_the_configured_precision(
+    synth, two_sets, tmp_path, msta_cli, monkeypatch, precision
+):
+    import msta.compare
+
+    seen: list[str] = []
+
+    def record(device, precision):
+        seen.append(precision)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(msta.compare, "autocast", record)
+    cache, set_a, _ = two_sets
+    args = [*_compare_args(synth, cache, tmp_path / "o", set_a), "--set", f"run.precision={precision}"]
+    res = msta_cli(args)
+    assert res.returncode == 0, res.stderr
+    assert len(seen) == 3 and set(seen) == {precision}  # the videos, then two classifiers
 
 
 def test_compare_escapes_html(synth, two_sets, tmp_path, msta_cli):
