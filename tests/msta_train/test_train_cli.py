@@ -115,6 +115,22 @@ def test_predict_with_a_run_and_zero_shot(trained, synth, msta_cli):
     assert sum(p["probability"] for p in out["predictions"]) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_predict_reads_a_prepared_bank_like_the_video(trained, synth, msta_cli, tmp_path):
+    from msta.prepare import Encoding, prepare_one
+
+    run, _ = trained
+    video = synth / "videos" / "val" / "left_to_right_000.mp4"
+    bank = tmp_path / "left_to_right_000.mp4.rgbs"
+    assert prepare_one(video, bank, Encoding(codec="raw"))["status"] == "done"
+    found = []
+    for path in (video, bank):
+        res = msta_cli(["predict", str(path), "--run", str(run), "--classes-file", str(synth / "classes.csv"),
+                        "--topk", "3", "--json"])  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        found.append(json.loads(res.stdout)["predictions"])
+    assert found[0] == found[1]  # the bank holds the very frames the decoder gives
+
+
 def test_predict_reports_user_errors(synth):
     res = run_msta_process(["predict", str(synth / "missing.mp4"), "--config", "tiny", "--classes", "a,b"])
     assert res.returncode == 2 and "video not found" in res.stderr and "Traceback" not in res.stderr
