@@ -54,19 +54,20 @@ def make_video(path: Path, seconds: float, fps: int, width: int, height: int, se
         container.mux(stream.encode(None))
 
 
-def breakdown(root: Path, rels: list[str], codec: str | None, size: int, frames: int) -> tuple[float, ...]:
+def breakdown(root: Path, rels: list[str], size: int, frames: int) -> tuple[float, ...]:
     """Mean milliseconds per clip, in this process: reading (decoding), the loader's transforms (crop,
     resize, flip, colour map) and the finishing step that training runs on its device (colour
     augmentation and normalisation; here on this CPU)."""
     from msta.data import segment_indices
     from msta.transforms import finish, train_views
-    from msta.video import open_reader, prepared_path
+    from msta.video import open_reader, prepared_codec, video_path
 
     rng = np.random.default_rng(0)
+    codec = prepared_codec(root)
     times = np.zeros(3)
     for rel in rels:
         t0 = time.perf_counter()
-        with open_reader(prepared_path(root, rel, codec) if codec else root / rel) as reader:
+        with open_reader(video_path(root, rel, codec)) as reader:
             clip = reader.get(segment_indices(reader.num_frames, frames, True, rng))
         t1 = time.perf_counter()
         video, colour = train_views(clip, size, rng, hflip=True)
@@ -105,15 +106,14 @@ def main() -> None:
             f"{args.videos} videos: {args.seconds:g} s at {args.fps} fps, {args.width}x{args.height}, H.264 "
             f"(default GOP), written in {time.perf_counter() - t0:.1f} s"
         )
-        rows: dict[str, tuple[Path, str | None]] = {"raw pyav": (root, None)}
+        rows = {"raw pyav": root}
         for name, options in VARIANTS.items():
-            out = Path(tmp) / name.replace(" ", "-")
-            report_prepare(root, out, args, options)
-            rows[name] = (out, options.get("codec", "jpeg"))
+            rows[name] = Path(tmp) / name.replace(" ", "-")
+            report_prepare(root, rows[name], args, options)
         rels = [rel for rel, _ in items]
-        breakdown(root, rels[:1], None, args.size, args.frames)  # warm-up (lazy imports)
-        for name, (where, codec) in rows.items():
-            read, tf, fin = breakdown(where, rels, codec, args.size, args.frames)
+        breakdown(root, rels[:1], args.size, args.frames)  # warm-up (lazy imports)
+        for name, where in rows.items():
+            read, tf, fin = breakdown(where, rels, args.size, args.frames)
             print(
                 f"{name}: {read:.1f} ms reading + {tf:.1f} ms transforming per clip in a loader worker; "
                 f"then {fin:.1f} ms finishing (colour, normalisation) on the training device (here: the CPU)"
@@ -134,7 +134,7 @@ def report_prepare(root: Path, out: Path, args: argparse.Namespace, options: dic
     )
 
 
-def report_loader(items: list[tuple[str, int]], rows: dict[str, tuple[Path, str | None]], args) -> None:
+def report_loader(items: list[tuple[str, int]], rows: dict[str, Path], args) -> None:
     from msta.data import loader_throughput
 
     print(
@@ -145,7 +145,7 @@ def report_loader(items: list[tuple[str, int]], rows: dict[str, tuple[Path, str 
         + " ".join(f"{'cores@' + str(r):>10}" for r in GPU_RATES)
     )
     rates = {}
-    for name, (where, _) in rows.items():
+    for name, where in rows.items():
         res = loader_throughput(
             items, where, workers=args.workers, clips=args.clips, input_size=args.size,
             num_frames=args.frames, batch_size=args.batch_size,

@@ -120,12 +120,13 @@ def make_prepared(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, dict
     return raw / "list.txt", prepared, figures
 
 
-def loader_alone(args: argparse.Namespace, list_file: Path, prepared: Path, size: int) -> dict:
+def loader_alone(args: argparse.Namespace, list_file: Path, prepared: Path, step: dict) -> dict:
+    """The loader on its own, at the input size and batch of the step it feeds."""
     from msta.data import loader_throughput, read_video_list
 
     res = loader_throughput(
         read_video_list(list_file), prepared, workers=args.workers, clips=max(512, 16 * args.workers),
-        input_size=size, num_frames=8, batch_size=args.batch or 32,
+        input_size=step["input_size"], num_frames=8, batch_size=step["batch"],
     )  # fmt: skip
     print(
         f"loader alone: {res['clips_per_s']:.0f} clips/s with {args.workers} workers "
@@ -159,8 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="gpu-suite-") as tmp:
         list_file, prepared, results["prepared"] = make_prepared(args, Path(tmp))
         save()
-        size = 64 if args.backbone == "clip-tiny" else 224
-        results["loader"] = loader_alone(args, list_file, prepared, size)
+        results["loader"] = loader_alone(args, list_file, prepared, results["eager"]["msta-128"])
         save()
         extra = ["--loader", str(list_file), "--root", str(prepared), "--workers", str(args.workers)]
         results["end_to_end"] = train_step(args, "msta-128", *extra)

@@ -19,7 +19,8 @@ built model; CUDA: ``torch.cuda.max_memory_allocated``) and the ratios to full f
 ``text``: the text branch alone (all classes, forward + backward through the text adapters of
 ``msta-128``), with the context cut to the longest end-of-text token against the full context.
 
-On CUDA the step runs under bf16 autocast (default batch 32) and clips per second are printed.
+On CUDA the step runs under bf16 autocast (default batch 32; ``--set run.precision=fp32`` for fp32, through
+:func:`msta.run.autocast` as in training) and clips per second are printed.
 Every row also shows the FLOPs of one step, counted by ``torch.utils.flop_counter`` on an extra
 untimed step (2 x multiply-adds of every matrix product, convolution and attention, forward and
 backward, as executed), the achieved TFLOP/s, and the model FLOP utilisation against the device's
@@ -189,7 +190,7 @@ def build(kind: str, args, device):
     model = model.to(device)
     if args.compile:
         model.forward = torch.compile(model.forward)
-    return model
+    return model, cfg
 
 
 def _sync(device) -> None:
@@ -204,19 +205,16 @@ def _rss_mb() -> float:
 
 
 def run_worker(kind: str, args) -> dict:
-    import contextlib
-
     import torch
 
     from msta.loss import msta_loss
+    from msta.run import autocast as run_autocast
 
     device = _device(args.device)
     torch.manual_seed(0)
-    model = build(kind, args, device)
+    model, cfg = build(kind, args, device)
     names = class_names(args.classes)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
+    autocast = run_autocast(device, cfg.run.precision)  # bf16 on CUDA unless --set run.precision=fp32
     d = model.backbone.embed_dim
     g = torch.Generator().manual_seed(1)
     ds = torch.randn(args.classes, DESCRIPTIONS_PER_KIND, d, generator=g).to(device)
@@ -252,7 +250,8 @@ def run_worker(kind: str, args) -> dict:
         loss.backward()
         opt.step()
 
-    out = {"config": kind, "device": str(device), "batch": args.batch, "trainable": trainable, "total": total}
+    out = {"config": kind, "device": str(device), "batch": args.batch, "trainable": trainable, "total": total,
+           "input_size": model.image_size, "precision": cfg.run.precision}  # fmt: skip
     out.update(measure(step, args, device))
     return out
 
@@ -417,6 +416,13 @@ def print_goals(results: dict, peak: float | None) -> None:
         )
 
 
+def _precision(args, device) -> str:
+    """The precision the steps run in, as the workers will decide it (msta.run.autocast)."""
+    chosen = [o.split("=", 1)[1] for o in args.overrides if o.replace(" ", "").startswith("run.precision=")]
+    precision = chosen[-1] if chosen else "bf16"
+    return "bf16 autocast" if device.type == "cuda" and precision == "bf16" else "fp32"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = _device(args.device)
@@ -433,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     source = f"data loader {args.loader}" if args.loader else "random tensors"
     print(
         f"{', '.join(backbones)} (random weights), {args.frames} frames, batch {args.batch}, "
-        f"{args.classes} classes, device {device}{' bf16 autocast' if device.type == 'cuda' else ' fp32'}, "
+        f"{args.classes} classes, device {device} ({_precision(args, device)}), "
         f"inputs from {source}, median of {args.steps} steps after {args.warmup} warm-up",
         flush=True,
     )

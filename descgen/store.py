@@ -491,7 +491,7 @@ class Store:
     def applied_migrations(self) -> list[dict]:
         if "migrations" not in self._table_names():
             return []
-        return list(self._query("SELECT * FROM migrations ORDER BY version"))
+        return self._query("SELECT * FROM migrations ORDER BY version")
 
     def _migrate(self, version: int) -> None:
         for step in MIGRATIONS:
@@ -557,11 +557,11 @@ class Store:
             )
 
     def get_prompt(self, fingerprint: str) -> dict | None:
-        rows = list(self._query("SELECT * FROM prompts WHERE fingerprint = ?", [fingerprint]))
+        rows = self._query("SELECT * FROM prompts WHERE fingerprint = ?", [fingerprint])
         return rows[0] if rows else None
 
     def list_prompts(self) -> list[dict]:
-        return list(self._query("SELECT * FROM prompts ORDER BY created_at"))
+        return self._query("SELECT * FROM prompts ORDER BY created_at")
 
     # ------------------------------------------------------------------ sets
     def ensure_set(
@@ -599,7 +599,7 @@ class Store:
         )
 
     def get_set(self, set_id: str) -> DescriptionSet | None:
-        rows = list(self._query("SELECT * FROM sets WHERE id = ?", [set_id]))
+        rows = self._query("SELECT * FROM sets WHERE id = ?", [set_id])
         return self._set_from_row(rows[0]) if rows else None
 
     def find_sets(self, set_id_prefix: str) -> list[DescriptionSet]:
@@ -763,7 +763,7 @@ class Store:
             sql += " AND status = ?"
             args.append(status)
         sql += " ORDER BY id"
-        return list(self._query(sql, args))
+        return self._query(sql, args)
 
     def count_rows(self, table: str) -> int:
         if table not in ("prompts", "sets", "generations", "descriptions", "encoders", "embeddings"):
@@ -795,7 +795,7 @@ class Store:
             sql += " AND class_name = ?"
             args.append(class_name)
         sql += " ORDER BY class_name, kind, idx"
-        return list(self._query(sql, args))
+        return self._query(sql, args)
 
     def all_description_texts(self, set_ids: Iterable[str] | None = None) -> list[tuple[str, str]]:
         """Distinct (text_hash, text) of descriptions, optionally limited to some sets."""
@@ -841,11 +841,11 @@ class Store:
             )
 
     def get_encoder(self, fingerprint: str) -> dict | None:
-        rows = list(self._query("SELECT * FROM encoders WHERE fingerprint = ?", [fingerprint]))
+        rows = self._query("SELECT * FROM encoders WHERE fingerprint = ?", [fingerprint])
         return rows[0] if rows else None
 
     def list_encoders(self) -> list[dict]:
-        return list(self._query("SELECT * FROM encoders ORDER BY created_at"))
+        return self._query("SELECT * FROM encoders ORDER BY created_at")
 
     def texts_missing_embeddings(
         self, encoder_fp: str, set_ids: Iterable[str] | None = None
@@ -938,7 +938,7 @@ class Store:
     def get_batch(self, batch_id: str) -> dict | None:
         if not self._has_batches():
             return None
-        rows = list(self._query("SELECT * FROM batches WHERE id = ?", [batch_id]))
+        rows = self._query("SELECT * FROM batches WHERE id = ?", [batch_id])
         return rows[0] if rows else None
 
     def list_batches(self, uncollected: bool = False) -> list[dict]:
@@ -947,7 +947,7 @@ class Store:
         sql = "SELECT * FROM batches"
         if uncollected:
             sql += " WHERE collected_at IS NULL"
-        return list(self._query(sql + " ORDER BY created_at, id"))
+        return self._query(sql + " ORDER BY created_at, id")
 
     def batch_requests(self, batch_id: str) -> dict[str, dict]:
         """{custom_id: request row} of a batch."""

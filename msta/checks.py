@@ -17,9 +17,9 @@ from msta.video import (
     check_decoder,
     open_reader,
     prepared_codec,
-    prepared_path,
     read_prepared_manifest,
     short_error,
+    video_path,
 )
 
 
@@ -132,10 +132,8 @@ def check_list(
 def _locator(root: Path) -> tuple[Callable[[str], Path], dict[str, str]]:
     """Where a list path is read from, and the videos a prepared root recorded as unreadable."""
     codec = prepared_codec(root)
-    if codec is None:
-        return (lambda rel: root / rel), {}
-    failed = read_prepared_manifest(root).get("failed", {})
-    return (lambda rel: prepared_path(root, rel, codec)), {str(k): str(v) for k, v in failed.items()}
+    failed = read_prepared_manifest(root).get("failed", {}) if codec else {}
+    return (lambda rel: video_path(root, rel, codec)), {str(k): str(v) for k, v in failed.items()}
 
 
 def _count_labels(report: CheckReport, entries: list[ListEntry], num_classes: int | None) -> None:

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from msta.transforms import Stats, eval_views, finish, train_views
-from msta.video import DataError, VideoReadError, check_decoder, open_reader, prepared_codec, prepared_path
+from msta.video import DataError, VideoReadError, check_decoder, open_reader, prepared_codec, video_path
 from msta.views import parse_views
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ class VideoDataset(Dataset):
 
     def path_of(self, index: int) -> Path:
         rel = self.items[index][0]
-        return prepared_path(self.root, rel, self.codec) if self.codec else self.root / rel
+        return video_path(self.root, rel, self.codec)
 
     def _load(self, index: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 views of video ``index`` and their colour maps (see :func:`msta.transforms.finish`)."""

@@ -59,7 +59,8 @@ def evaluate_split(
     progress: Any = None,
     confusion: bool = True,
     text=None,
-    precision: str = "bf16",
+    *,
+    precision: str,
 ) -> dict[str, Any]:
     """Score every video of ``dataset`` against ``names``; the same result on every rank.
     ``text``: the class weights ``[C, D]`` (default: the class-prompt embeddings of ``names``).

@@ -172,30 +172,29 @@ def _frame_bytes(img: Any, enc: Encoding) -> bytes:
 
 
 def _write_bank(src: Path, dst: Path, enc: Encoding) -> dict[str, int]:
-    """Decode ``src`` and store its frames: the frames stream into a temporary body file (a long
-    video never sits in memory), then the header, the offset table and the body go into a second
-    temporary file, which is renamed into place when complete. Returns frames, size and bytes."""
+    """Decode ``src`` and store its frames under a temporary name, renamed into place when complete.
+    Frames stream to disk (a long video never sits in memory). Raw frames go straight after the header,
+    which is written again with the frame count at the end; JPEG frames go to a temporary body file
+    first, because the offset table in front of them needs their sizes. Returns frames, size, bytes."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
     body = tmp.with_name(tmp.name + ".body")
-    sizes: list[int] = []
-    h = w = 0
+    magic = PREPARED_CODECS[enc.codec][1]
     try:
-        with open(body, "w+b") as b:
-            for img in _decoded_images(src, enc.short_side):
-                h, w = img.height, img.width
-                sizes.append(b.write(_frame_bytes(img, enc)))
-            if not sizes:
-                raise VideoReadError(f"{src} has no video frames")
-            offsets = np.zeros(len(sizes) + 1, dtype="<u8")
-            offsets[1:] = np.cumsum(sizes)
-            b.seek(0)
-            with open(tmp, "wb") as f:
-                f.write(PREPARED_HEADER.pack(PREPARED_CODECS[enc.codec][1], len(sizes), h, w))
-                f.write(offsets.tobytes())
-                shutil.copyfileobj(b, f, 1 << 22)
-                f.flush()
-                os.fsync(f.fileno())
+        with open(tmp, "w+b") as f:
+            f.write(PREPARED_HEADER.pack(magic, 0, 0, 0))  # no frames: not a valid bank until rewritten
+            if enc.codec == "raw":
+                sizes, h, w = _write_frames(src, enc, f)
+            else:
+                with open(body, "w+b") as b:
+                    sizes, h, w = _write_frames(src, enc, b)
+                    f.write(np.cumsum([0, *sizes], dtype="<u8").tobytes())  # the offset table
+                    b.seek(0)
+                    shutil.copyfileobj(b, f, 1 << 22)
+            f.seek(0)
+            f.write(PREPARED_HEADER.pack(magic, len(sizes), h, w))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, dst)
     finally:
         body.unlink(missing_ok=True)
@@ -203,17 +202,30 @@ def _write_bank(src: Path, dst: Path, enc: Encoding) -> dict[str, int]:
     return {"frames": len(sizes), "height": h, "width": w, "bytes": dst.stat().st_size}
 
 
+def _write_frames(src: Path, enc: Encoding, f: Any) -> tuple[list[int], int, int]:
+    """Every frame of ``src``, stored with ``enc``, appended to ``f``: the frames' sizes, the height and
+    the width."""
+    sizes: list[int] = []
+    h = w = 0
+    for img in _decoded_images(src, enc.short_side):
+        h, w = img.height, img.width
+        sizes.append(f.write(_frame_bytes(img, enc)))
+    if not sizes:
+        raise VideoReadError(f"{src} has no video frames")
+    return sizes, h, w
+
+
 def _stored_info(dst: Path) -> dict[str, int] | None:
     """Frames, size and bytes of a complete stored bank, or None when there is none."""
     try:
         with open(dst, "rb") as f:
-            _, n, h, w, offsets = read_prepared_header(f)
+            bank = read_prepared_header(f)
         size = dst.stat().st_size
     except (OSError, VideoReadError):
         return None
-    if size != PREPARED_HEADER.size + 8 * (n + 1) + int(offsets[-1]):
+    if size != bank.size:
         return None
-    return {"frames": n, "height": h, "width": w, "bytes": size}
+    return {"frames": bank.frames, "height": bank.height, "width": bank.width, "bytes": size}
 
 
 def prepare_one(src: Path, dst: Path, enc: Encoding = Encoding()) -> dict[str, Any]:
@@ -267,7 +279,7 @@ def prepare_list(
         raise DataError("--out must differ from --root")
     paths = sorted({rel for rel, _ in read_video_list(list_file)})
     mine = paths[i::n]
-    _check_same_codec(out_p, enc.codec)
+    _check_same_settings(out_p, enc)
     out_p.mkdir(parents=True, exist_ok=True)
     result = PrepareResult(out=out_p, total=len(mine))
     t0 = time.perf_counter()
@@ -328,15 +340,22 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: Callable[[int, int], No
                 fut.cancel()
 
 
-def _check_same_codec(out: Path, codec: str) -> None:
-    """One codec per prepared directory: its readers look for one file suffix."""
+def _check_same_settings(out: Path, enc: Encoding) -> None:
+    """One encoding per prepared directory: its readers look for one file suffix, and its manifest
+    records one set of settings."""
+    wanted = enc.settings()
     for p in sorted((out / "parts").glob("*-of-*.json")) if (out / "parts").is_dir() else ():
         try:
-            other = json.loads(p.read_text(encoding="utf-8")).get("settings", {}).get("codec", "jpeg")
+            stored = json.loads(p.read_text(encoding="utf-8")).get("settings", {})
         except (OSError, ValueError):
             continue
-        if other != codec:
-            raise DataError(f"{out} holds frames stored with codec {other}, not {codec}: use another --out")
+        stored = {"codec": "jpeg", **stored}  # parts written before there was a choice of codec
+        keys = ["codec"] if stored["codec"] != wanted["codec"] else list(wanted)
+        differ = [f"{k} {stored.get(k)} (not {wanted[k]})" for k in keys if stored.get(k) != wanted[k]]
+        if differ:
+            raise DataError(
+                f"{out} holds frames stored with {', '.join(differ)}: use those settings or another --out"
+            )
 
 
 def _list_id(paths: list[str]) -> str:

@@ -10,6 +10,7 @@ context manager. Readers are opened per sample, so DataLoader workers never shar
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import re
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,9 +28,10 @@ DECODERS = ("pyav", "decord", "frames")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 # Prepared frame banks: one file per video, ``<out>/videos/<list path><suffix>``, holding every decoded
-# frame. Layout: header ``<8s I I I`` (magic, frames, height, width), then ``frames + 1`` little-endian
-# uint64 offsets (relative to the end of the offset table), then the frames: JPEG files (codec
-# ``jpeg``, suffix ``.jpgs``) or uncompressed ``height x width x 3`` RGB bytes (codec ``raw``, ``.rgbs``).
+# frame. Header ``<8s I I I`` (magic, frames, height, width), then for JPEG (codec ``jpeg``, suffix
+# ``.jpgs``) ``frames + 1`` little-endian uint64 offsets (relative to the end of the offset table) and
+# the JPEG files; for uncompressed frames (codec ``raw``, ``.rgbs``) the ``height x width x 3`` RGB
+# bytes of each frame in turn, frame ``i`` at ``header + i * height * width * 3``.
 PREPARED_MANIFEST = "prepared.json"
 PREPARED_CODECS = {"jpeg": (".jpgs", b"MSTAJPG1"), "raw": (".rgbs", b"MSTARGB1")}  # codec: (suffix, magic)
 PREPARED_HEADER = struct.Struct("<8sIII")
@@ -263,38 +265,46 @@ class PreparedReader(_Reader):
         except OSError as exc:
             raise VideoReadError(f"cannot open {self.path}: {exc.strerror or exc}") from None
         try:
-            self.codec, self.num_frames, self.height, self.width, self._offsets = read_prepared_header(
-                self._file
-            )
+            bank = read_prepared_header(self._file)
         except VideoReadError:
             self.close()
             raise
-        self._base = PREPARED_HEADER.size + 8 * (self.num_frames + 1)
+        self.codec, self.num_frames, self.height, self.width = (
+            bank.codec,
+            bank.frames,
+            bank.height,
+            bank.width,
+        )
+        self._offsets, self._base = bank.offsets, bank.data_start
 
     def _read(self, i: int, into: memoryview | None = None) -> bytes:
-        """Frame ``i``'s stored bytes (read into ``into`` when given, which must have its size)."""
+        """Frame ``i``'s stored bytes; with ``into`` (of the frame's size) read into it instead."""
         start, end = int(self._offsets[i]), int(self._offsets[i + 1])
         try:
             self._file.seek(self._base + start)
-            data = b"" if into is not None else self._file.read(end - start)
-            got = self._file.readinto(into) if into is not None else len(data)
+            if into is None:
+                data = self._file.read(end - start)
+                got = len(data)
+            else:
+                data, got = b"", self._file.readinto(into)
         except OSError as exc:
             raise VideoReadError(f"cannot read frame {i} of {self.path}: {short_error(exc)}") from None
         if got != end - start:
             raise VideoReadError(f"cannot read frame {i} of {self.path}: the file is truncated")
         return data
 
+    def _read_frames(self, wanted: list[int]) -> np.ndarray:
+        if self.codec != "raw":
+            return decode_jpegs([self._read(i) for i in wanted], self.path)
+        frames = np.empty((len(wanted), self.height, self.width, 3), dtype=np.uint8)
+        for k, i in enumerate(wanted):
+            self._read(i, memoryview(frames[k]).cast("B"))
+        return frames
+
     def get(self, indices: Sequence[int]) -> np.ndarray:
         idx = self._check(indices)
         wanted = sorted(set(idx))
-        if self.codec == "raw":
-            frames = np.empty((len(wanted), self.height, self.width, 3), dtype=np.uint8)
-            if any(int(self._offsets[i + 1] - self._offsets[i]) != frames[0].nbytes for i in wanted):
-                raise VideoReadError(f"{self.path}: a frame's size does not match the header")
-            for k, i in enumerate(wanted):
-                self._read(i, memoryview(frames[k]).cast("B"))
-        else:
-            frames = decode_jpegs([self._read(i) for i in wanted], self.path)
+        frames = self._read_frames(wanted)
         if wanted == idx:  # TSN indices: increasing, no repeats; no copy needed
             return frames
         pos = {i: k for k, i in enumerate(wanted)}
@@ -319,19 +329,41 @@ def decode_jpegs(blobs: Sequence[bytes], where: Path | str) -> np.ndarray:
         raise VideoReadError(f"cannot decode a frame of {where}: {short_error(exc)}") from None
 
 
-def read_prepared_header(f: Any) -> tuple[str, int, int, int, np.ndarray]:
-    """``(codec, frames, height, width, offsets)`` of an open prepared frame bank."""
+class BankHeader(NamedTuple):
+    """What the start of a prepared frame bank says: frame ``i`` is stored at
+    ``data_start + offsets[i]`` and takes ``offsets[i + 1] - offsets[i]`` bytes."""
+
+    codec: str
+    frames: int
+    height: int
+    width: int
+    offsets: np.ndarray
+    data_start: int
+
+    @property
+    def size(self) -> int:
+        """The size of the complete file."""
+        return self.data_start + int(self.offsets[-1])
+
+
+def read_prepared_header(f: Any) -> BankHeader:
+    """The header of an open prepared frame bank."""
     name = getattr(f, "name", "prepared video")
     head = f.read(PREPARED_HEADER.size)
     codec = next((c for c, (_, magic) in PREPARED_CODECS.items() if head[:8] == magic), None)
     if len(head) != PREPARED_HEADER.size or codec is None:
         raise VideoReadError(f"{name} is not a prepared video (bad header)")
     _, n, h, w = PREPARED_HEADER.unpack(head)
+    if n <= 0:
+        raise VideoReadError(f"{name} is truncated or holds no frames")
+    if codec == "raw":  # fixed-size frames: the offsets follow from the header
+        offsets = np.arange(n + 1, dtype=np.int64) * (h * w * 3)
+        return BankHeader(codec, int(n), int(h), int(w), offsets, PREPARED_HEADER.size)
     table = f.read(8 * (n + 1))
-    if n <= 0 or len(table) != 8 * (n + 1):
+    if len(table) != 8 * (n + 1):
         raise VideoReadError(f"{name} is truncated or holds no frames")
     offsets = np.frombuffer(table, dtype="<u8")
-    return codec, int(n), int(h), int(w), offsets
+    return BankHeader(codec, int(n), int(h), int(w), offsets, PREPARED_HEADER.size + len(table))
 
 
 def is_prepared(root: str | Path) -> bool:
@@ -339,7 +371,13 @@ def is_prepared(root: str | Path) -> bool:
     return (Path(root) / PREPARED_MANIFEST).is_file()
 
 
-def prepared_path(root: str | Path, rel: str, codec: str = "jpeg") -> Path:
+def video_path(root: str | Path, rel: str, codec: str | None) -> Path:
+    """Where list path ``rel`` is read from: ``root / rel`` under a video root (``codec`` None), its frame
+    bank under a prepared directory (``codec``: the directory's, :func:`prepared_codec`)."""
+    return prepared_path(root, rel, codec) if codec else Path(root) / rel
+
+
+def prepared_path(root: str | Path, rel: str, codec: str) -> Path:
     """Where the prepared frame bank of list path ``rel`` lives under the prepared directory ``root``
     (``codec``: the directory's, :func:`prepared_codec`).
 
@@ -363,15 +401,22 @@ def prepared_codec(root: str | Path) -> str | None:
 
 
 def read_prepared_manifest(root: str | Path) -> dict[str, Any]:
-    """The manifest of a prepared directory (raises :class:`DataError` when it cannot be read)."""
+    """The manifest of a prepared directory (raises :class:`DataError` when it cannot be read). Parsed
+    once per version of the file (a manifest lists every video; callers must not change it)."""
     p = Path(root) / PREPARED_MANIFEST
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
+        st = p.stat()
+        obj = _parse_manifest(str(p), st.st_mtime_ns, st.st_size)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read the prepared-data manifest {p}: {exc}") from None
     if not isinstance(obj, dict) or obj.get("format") != "msta-prepared":
         raise DataError(f"{p} is not a prepared-data manifest")
     return obj
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_manifest(path: str, mtime_ns: int, size: int) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def decord_available() -> bool:
@@ -429,6 +474,7 @@ __all__ = [
     "open_reader",
     "prepared_codec",
     "prepared_path",
+    "video_path",
     "read_prepared_header",
     "read_prepared_manifest",
     "short_error",

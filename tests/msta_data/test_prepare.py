@@ -177,8 +177,10 @@ def test_bad_codec_and_mixed_codecs_are_user_errors(videos, tmp_path, msta_cli):
     res = msta_cli(["data", "prepare", "--list", list_file, "--root", root, "--out", out, "--codec", "png"])
     assert res.returncode == 2 and res.stderr.startswith("error: codec must be one of jpeg, raw")
     prepare_list(list_file, root, out, codec="raw")
-    with pytest.raises(DataError, match="holds frames stored with codec raw, not jpeg"):
+    with pytest.raises(DataError, match=r"holds frames stored with codec raw \(not jpeg\)"):
         prepare_list(list_file, root, out)
+    with pytest.raises(DataError, match=r"holds frames stored with short_side 256 \(not 128\)"):
+        prepare_list(list_file, root, out, codec="raw", short_side=128)
     assert not list(out.glob("videos/**/*.jpgs"))
 
 

@@ -88,5 +88,6 @@ def test_base_and_novel_class_sets_are_switched(tmp_path, monkeypatch):
     from msta.run import make_dataset, read_list
 
     items = read_list(keys["eval.novel_list"], cfg, "novel")
-    direct = evaluate.evaluate_split(model, make_dataset(cfg, items, False, 64), names[2:])
+    ds = make_dataset(cfg, items, False, 64)
+    direct = evaluate.evaluate_split(model, ds, names[2:], precision=cfg.run.precision)
     assert direct["top1"] == n and direct["per_class"] == report["splits"]["novel"]["per_class"]
