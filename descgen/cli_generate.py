@@ -15,11 +15,11 @@ DatasetOpt = _O(
     None, "--dataset", help="Built-in dataset (k400 k600 hmdb51 ucf101 ssv2), or the name of --classes."
 )
 PromptOpt = _O(
-    None, "--prompt", help="Shipped prompt name or path to a .toml prompt file [default msta-general-v1]."
+    None, "--prompt", help="Shipped prompt name or path to a .toml prompt file (default msta-general-v1)."
 )
 NOpt = _O(2, "--n", help="Spatial and temporal phrases per class.")
 BackendOpt = _O("openai", "--backend", help="openai (hosted or any compatible server) or vllm (in-process).")
-ModelOpt = _O(None, "--model", help="Model name [openai default gpt-4o-mini; required for vllm].")
+ModelOpt = _O(None, "--model", help="Model name (openai: default gpt-4o-mini; vllm: required).")
 TemperatureOpt = _O(None, "--temperature", help="Override the prompt's temperature.")
 SeedOpt = _O(None, "--seed", help="Override the prompt's seed.")
 MaxTokensOpt = _O(None, "--max-tokens", help="Override the prompt's max tokens.")

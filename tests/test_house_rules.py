@@ -53,3 +53,28 @@ def test_sql_only_in_store():
                     if any(node.value.lstrip().startswith(k) for k in keywords):
                         offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert offenders == []
+
+
+def _help_texts(command, path: str):
+    """(where, text) of a click command's own help and of every option, through its subcommands."""
+    yield path, command.help or ""
+    for param in command.params:
+        yield f"{path} {param.name}", getattr(param, "help", None) or ""
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _help_texts(sub, f"{path} {name}")
+
+
+def test_help_texts_have_no_square_brackets_that_rich_would_swallow():
+    """Typer renders help with rich markup, where ``[word ...]`` is a style tag and disappears."""
+    import re
+
+    import typer.main
+
+    from descgen.cli import app as descgen_app
+    from msta.cli import app as msta_app
+
+    found = []
+    for name, app in (("descgen", descgen_app), ("msta", msta_app)):
+        for where, text in _help_texts(typer.main.get_command(app), name):
+            found += [f"{where}: {text!r}" for _ in re.finditer(r"(?<!\\)\[[A-Za-z/]", text)]
+    assert found == []
