@@ -6,9 +6,10 @@ Format (read by :class:`msta.video.PreparedReader`): one file per video,
 ``<out>/videos/<list path>.rgbs`` holding every frame as uncompressed RGB bytes (no decoding at all
 when reading, for about 3 bytes per pixel per frame on disk). Frames are resized so that the short
 side is at most 256 px (the short side the transforms resize to for a 224 px input; smaller videos
-keep their size); an offset table comes first. Frame ``i`` of the bank is frame ``i`` of the raw
-video, so TSN sampling (``segment_indices``) picks the same indices and the same frames with the
-same lists; a clip reads only its 8 frames. A directory holds one codec.
+keep their size). A JPEG bank starts with an offset table; raw frames all have the same size, so the
+header is enough to find them. Frame ``i`` of the bank is frame ``i`` of the raw video, so TSN
+sampling (``segment_indices``) picks the same indices and the same frames with the same lists; a clip
+reads only its 8 frames. A directory holds one encoding (codec, short side, quality, chroma).
 
 Robustness:
 
