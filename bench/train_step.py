@@ -363,9 +363,11 @@ def print_table(backbone: str, results: dict, wanted: list[str], peak: float | N
     fine-tuning and the goals."""
     ref = results.get("full-ft")
     rows = [k for k in wanted if k != "text"]
+    precision = next((r["precision"] for r in results.values() if "precision" in r), "-")
     if rows:
         print(
-            f"\n{backbone}\n{'configuration':<10} {'trainable':>12} {'step s':>8} {'clips/s':>8} {'GFLOP':>8} "
+            f"\n{backbone} (run.precision {precision}: bf16 autocast on CUDA, else fp32)\n"
+            f"{'configuration':<10} {'trainable':>12} {'step s':>8} {'clips/s':>8} {'GFLOP':>8} "
             f"{'TFLOP/s':>8} {'MFU':>6} {'peak MB':>9} {'step MB':>8} {'time/FT':>8} {'peak/FT':>8}"
         )
         for k in rows:
@@ -416,13 +418,6 @@ def print_goals(results: dict, peak: float | None) -> None:
         )
 
 
-def _precision(args, device) -> str:
-    """The precision the steps run in, as the workers will decide it (msta.run.autocast)."""
-    chosen = [o.split("=", 1)[1] for o in args.overrides if o.replace(" ", "").startswith("run.precision=")]
-    precision = chosen[-1] if chosen else "bf16"
-    return "bf16 autocast" if device.type == "cuda" and precision == "bf16" else "fp32"
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = _device(args.device)
@@ -439,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     source = f"data loader {args.loader}" if args.loader else "random tensors"
     print(
         f"{', '.join(backbones)} (random weights), {args.frames} frames, batch {args.batch}, "
-        f"{args.classes} classes, device {device} ({_precision(args, device)}), "
+        f"{args.classes} classes, device {device}, "
         f"inputs from {source}, median of {args.steps} steps after {args.warmup} warm-up",
         flush=True,
     )

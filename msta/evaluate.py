@@ -92,7 +92,7 @@ def evaluate_split(
             )
             for batch in loader:
                 labels = batch["label"]
-                scores = _video_scores(model, batch_video(batch, env.device), text)
+                scores = video_scores(model, batch_video(batch, env.device), text)
                 new_rows = prediction_rows(scores, labels, batch["index"])
                 for _, lab, t in new_rows:
                     conf[lab, t[0]] += 1
@@ -111,7 +111,7 @@ def evaluate_split(
     return summarize(all_rows, names, conf if confusion else None, skipped)
 
 
-def _video_scores(model, video, text):
+def video_scores(model, video, text):
     """Class scores per video; several views ([B, V, T, C, H, W]) sum their softmax."""
     if video.dim() == 6:
         b, v = video.shape[:2]

@@ -88,6 +88,7 @@ def class_probabilities(model, cfg: Config, path: Path, names: Sequence[str], vi
     """Softmax over ``names`` for one video (the mean over its views)."""
     import torch
 
+    from msta.evaluate import video_scores
     from msta.transforms import batch_video
     from msta.video import DataError, VideoReadError, open_reader
 
@@ -114,7 +115,5 @@ def class_probabilities(model, cfg: Config, path: Path, names: Sequence[str], vi
     x = batch_video(sample, device).unsqueeze(0)
     with torch.no_grad(), autocast(device, cfg.run.precision):
         text = model.encode_class_prompts(list(names))
-        if x.dim() == 6:
-            logits = model(x.flatten(0, 1), text).float()
-            return logits.softmax(-1).mean(0)
-        return model(x, text).float().softmax(-1)[0]
+        views_of_video = x.shape[1] if x.dim() == 6 else 1
+        return video_scores(model, x, text)[0] / views_of_video  # the views' mean: probabilities

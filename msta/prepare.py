@@ -42,6 +42,7 @@ import numpy as np
 from descgen.fileio import write_text_atomic
 from msta.data import read_video_list
 from msta.video import (
+    DEFAULT_CODEC,
     PREPARED_CODECS,
     PREPARED_HEADER,
     PREPARED_MANIFEST,
@@ -65,7 +66,7 @@ class Encoding:
     short_side: int = SHORT_SIDE
     quality: int = QUALITY
     chroma: str = "444"
-    codec: str = "jpeg"
+    codec: str = DEFAULT_CODEC
 
     def check(self) -> None:
         if self.codec not in PREPARED_CODECS:
@@ -88,10 +89,14 @@ class Encoding:
 
 
 REPORT_NAME = "prepare-report.txt"
-LAYOUTS = {
-    "jpeg": "videos/<list path>.jpgs: every decoded frame as JPEG, frame i = frame i of the source",
-    "raw": "videos/<list path>.rgbs: every decoded frame as uncompressed RGB, frame i = frame i of the source",
-}
+
+
+def _layout(codec: str) -> str:
+    """The manifest's one-line description of the banks."""
+    what = "uncompressed RGB" if codec == "raw" else "JPEG"
+    return f"videos/<list path>{PREPARED_CODECS[codec][0]}: every decoded frame as {what}, frame i = frame i of the source"
+
+
 FORMAT_VERSION = 1
 
 
@@ -267,7 +272,7 @@ def prepare_list(
     quality: int = QUALITY,
     progress: Callable[[int, int], None] | None = None,
     chroma: str = "444",
-    codec: str = "jpeg",
+    codec: str = DEFAULT_CODEC,
 ) -> PrepareResult:
     """Prepare the videos of a list (or of one shard of it) into ``out``; see the module docstring."""
     i, n = parse_shard(shard)
@@ -350,7 +355,7 @@ def _check_same_settings(out: Path, enc: Encoding) -> None:
             stored = json.loads(p.read_text(encoding="utf-8")).get("settings", {})
         except (OSError, ValueError):
             continue
-        stored = {"codec": "jpeg", **stored}  # parts written before there was a choice of codec
+        stored = {"codec": DEFAULT_CODEC, **stored}  # parts written before there was a choice of codec
         keys = ["codec"] if stored["codec"] != wanted["codec"] else list(wanted)
         differ = [f"{k} {stored.get(k)} (not {wanted[k]})" for k in keys if stored.get(k) != wanted[k]]
         if differ:
@@ -406,7 +411,7 @@ def write_manifest(out: str | Path) -> bool:
     manifest = {
         "format": "msta-prepared",
         "version": FORMAT_VERSION,
-        "layout": LAYOUTS[settings.get("codec", "jpeg")],
+        "layout": _layout(settings.get("codec", DEFAULT_CODEC)),
         **settings,
         "lists": sorted({p["list"] for p in parts}),
         "num_videos": len(videos),

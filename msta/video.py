@@ -34,6 +34,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # bytes of each frame in turn, frame ``i`` at ``header + i * height * width * 3``.
 PREPARED_MANIFEST = "prepared.json"
 PREPARED_CODECS = {"jpeg": (".jpgs", b"MSTAJPG1"), "raw": (".rgbs", b"MSTARGB1")}  # codec: (suffix, magic)
+DEFAULT_CODEC = "jpeg"  # also the codec of directories prepared before there was a choice
 PREPARED_HEADER = struct.Struct("<8sIII")
 
 
@@ -269,19 +270,19 @@ class PreparedReader(_Reader):
         except VideoReadError:
             self.close()
             raise
+        self.bank = bank
         self.codec, self.num_frames, self.height, self.width = (
             bank.codec,
             bank.frames,
             bank.height,
             bank.width,
         )
-        self._offsets, self._base = bank.offsets, bank.data_start
 
     def _read(self, i: int, into: memoryview | None = None) -> bytes:
         """Frame ``i``'s stored bytes; with ``into`` (of the frame's size) read into it instead."""
-        start, end = int(self._offsets[i]), int(self._offsets[i + 1])
+        start, end = int(self.bank.offsets[i]), int(self.bank.offsets[i + 1])
         try:
-            self._file.seek(self._base + start)
+            self._file.seek(self.bank.data_start + start)
             if into is None:
                 data = self._file.read(end - start)
                 got = len(data)
@@ -394,7 +395,7 @@ def prepared_codec(root: str | Path) -> str | None:
     """The codec of a prepared directory's frame banks; None when ``root`` is not prepared."""
     if not is_prepared(root):
         return None
-    codec = read_prepared_manifest(root).get("codec", "jpeg")  # directories from before raw banks
+    codec = read_prepared_manifest(root).get("codec", DEFAULT_CODEC)
     if codec not in PREPARED_CODECS:
         raise DataError(f"{Path(root) / PREPARED_MANIFEST}: unknown codec {codec!r}")
     return str(codec)
@@ -464,6 +465,7 @@ __all__ = [
     "FramesReader",
     "PREPARED_HEADER",
     "PREPARED_MANIFEST",
+    "DEFAULT_CODEC",
     "PREPARED_CODECS",
     "PreparedReader",
     "PyAVReader",
